@@ -1,0 +1,212 @@
+"""The uniform wrapper every backbone family implements, and the one registry of backbones.
+
+A backbone = a tokenizer (image <-> latent) + a generator (latent model) + a training recipe. The harness
+(bench/) only talks to these three objects, so every family is trained, sampled and measured the same way.
+
+Conventions shared by all families:
+- images are float NCHW in [-1, 1];
+- `Tokenizer.encode` returns *raw* latents; the harness calls `set_latent_stats` once on the training latents
+  and the generator always sees `normalize(latents)`;
+- determinism: sample i's initial noise and every stochastic step draw from its own generator seeded by
+  (run seed, i) (`sample_generators`), so results do not depend on batch size or process count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Tokenizer(nn.Module):
+    """image <-> latent. Subclasses implement `_encode`, `decode`, `latent_shape`; trainable ones `loss`."""
+
+    trainable: bool = False  # True: the harness trains it in stage 1 with `loss`
+    needs_features: bool = False  # True: `loss`/`encode` want frozen-encoder features of the images
+
+    def __init__(self):
+        super().__init__()
+        # Per-channel statistics (VA-VAE's latents_stats.pt convention: latent_norm = (z - mean) / std).
+        self.register_buffer("latent_mean", torch.zeros(0), persistent=True)
+        self.register_buffer("latent_std", torch.zeros(0), persistent=True)
+        self.latent_scale = 1.0  # a fixed scalar multiplier (SD-VAE 0.18215) used when no stats are set
+
+    def encode(self, images: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """images [B,3,H,W] in [-1,1] -> raw latents [B,*latent_shape] (posterior mean)."""
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """raw latents -> images [B,3,H,W], roughly in [-1,1] (not clipped)."""
+        raise NotImplementedError
+
+    def latent_shape(self, image_size: int) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def loss(self, images: torch.Tensor, features: torch.Tensor | None = None, step: int = 0) -> dict[str, torch.Tensor]:
+        """Stage-1 loss: dict with 'loss' (the scalar to minimise) and named parts to log."""
+        raise NotImplementedError(f"{type(self).__name__} is not trainable")
+
+    # --- normalisation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_latent_stats(self, latents: torch.Tensor) -> None:
+        """Per-channel mean/std over (batch, spatial) of raw latents [N, C, ...]."""
+        dims = [0] + list(range(2, latents.ndim))
+        self.latent_mean = latents.double().mean(dims).float()
+        self.latent_std = latents.double().std(dims).float().clamp_min(1e-6)
+
+    def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.latent_mean.numel() == 0:
+            return None
+        shape = (1, -1) + (1,) * (z.ndim - 2)
+        return self.latent_mean.view(shape).to(z), self.latent_std.view(shape).to(z)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        stats = self._stats(z)
+        return z * self.latent_scale if stats is None else (z - stats[0]) / stats[1]
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        stats = self._stats(z)
+        return z / self.latent_scale if stats is None else z * stats[1] + stats[0]
+
+
+class Generator(nn.Module):
+    """Latent generative model. Works on *normalised* latents."""
+
+    needs_features: bool = False  # True: `loss` wants frozen-encoder features (REPA alignment)
+
+    def loss(
+        self,
+        latents: torch.Tensor,
+        labels: torch.Tensor,
+        features: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Training loss: dict with 'loss' (scalar) and named parts (scalars) to log."""
+        raise NotImplementedError
+
+    def sample(
+        self,
+        labels: torch.Tensor,
+        noise: torch.Tensor,
+        generators: list[torch.Generator] | None = None,
+        **sampler: Any,
+    ) -> torch.Tensor:
+        """labels [B] int64, noise [B,*latent] (one row per sample, drawn by the caller) -> latents [B,*latent].
+        `generators[i]` supplies every further random draw of sample i (SDE noise)."""
+        raise NotImplementedError
+
+    def nfe(self, **sampler: Any) -> int:
+        """Network evaluations per image for these sampler settings (a CFG pair counts as 2)."""
+        raise NotImplementedError
+
+    def flops_per_image(self) -> float:
+        """Forward FLOPs of one network evaluation for one image (multiply-add = 2 FLOPs)."""
+        raise NotImplementedError
+
+    def eval_metrics(self, latents: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Family-specific held-out metrics (e.g. bits/dim for flows). Default: none."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training + sampling recipe. Paper presets carry the official release's values; `source` says where
+    they come from. Suites override fields by name (unknown names are an error)."""
+
+    # optimiser and schedule
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 80
+    lr_schedule: str = "constant"  # "constant" | "cosine"
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    ema_decay: float = 0.9999
+    grad_clip: float | None = None
+    label_drop: float = 0.1
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (CUDA only)
+    # sampling (keys understood by the generator's `sample`)
+    sampler: dict[str, Any] = field(default_factory=dict)
+    # stage 1: trainable tokenizer
+    stage1_epochs: int = 0
+    stage1_lr: float = 1e-4
+    stage1_batch_size: int = 64
+    stage1_betas: tuple[float, float] = (0.5, 0.9)
+    source: str = ""
+
+    def replace(self, **overrides: Any) -> Recipe:
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown recipe field(s) {unknown}; known: {sorted(names)}")
+        if "sampler" in overrides:  # merge, so a suite can change one sampler knob
+            overrides = dict(overrides, sampler={**self.sampler, **overrides["sampler"]})
+        return dataclasses.replace(self, **overrides)
+
+
+@dataclass
+class Backbone:
+    """What the harness trains and measures."""
+
+    name: str
+    family: str
+    tokenizer: Tokenizer
+    generator: Generator
+    recipe: Recipe
+    encoder: nn.Module | None = None  # frozen feature encoder (REPA target, VA-VAE VF target, FAE input)
+    notes: dict[str, Any] = field(default_factory=dict)  # choices the report must show (e.g. CFG quirk on/off)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Frozen-encoder patch features [B, T, D] of images in [-1,1], or None without an encoder."""
+        if self.encoder is None:
+            return None
+        with torch.no_grad():
+            return self.encoder(images)
+
+    @torch.no_grad()
+    def sample_images(
+        self, labels: torch.Tensor, noise: torch.Tensor, generators: list[torch.Generator] | None = None, **sampler
+    ) -> torch.Tensor:
+        """Generate images [B,3,H,W] in [-1,1] (clamped) for labels; noise/generators as in Generator.sample."""
+        z = self.generator.sample(labels, noise, generators=generators, **{**self.recipe.sampler, **sampler})
+        return self.tokenizer.decode(self.tokenizer.denormalize(z)).clamp(-1, 1)
+
+
+# The one registry: backbone name -> "module:function". The function takes (preset: str, **options) and
+# returns a Backbone. Import is lazy so a broken family cannot break the others' import.
+BACKBONES: dict[str, str] = {
+    "repa": "baselines.repa:build_backbone",
+    "vavae_lightningdit": "baselines.vavae:build_backbone",
+    "fae": "baselines.fae:build_backbone",
+    "starflow": "baselines.starflow:build_backbone",
+    "tarflow": "baselines.tarflow:build_backbone",
+}
+
+
+def build_backbone(name: str, preset: str = "tiny", **options: Any) -> Backbone:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+    module, fn = BACKBONES[name].split(":")
+    return getattr(importlib.import_module(module), fn)(preset, **options)
+
+
+def sample_seed(run_seed: int, index: int) -> int:
+    """Seed of sample `index` in a run: a fixed mix of (run seed, index), independent of batching."""
+    x = (int(run_seed) * 0x9E3779B97F4A7C15 + int(index) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) % (1 << 64)
+    return x ^ (x >> 32)
+
+
+def sample_generators(run_seed: int, indices, device: str | torch.device = "cpu") -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(sample_seed(run_seed, int(i)) % (1 << 63)) for i in indices]
+
+
+def randn_per_sample(generators: list[torch.Generator], shape: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
+    """One standard-normal draw of `shape` per sample, each from that sample's own generator -> [B, *shape]."""
+    return torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in generators]).to(device or generators[0].device)

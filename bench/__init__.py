@@ -1,0 +1,1 @@
+"""genbench harness: suites, data, training, sampling, evaluation, results store, reports."""
