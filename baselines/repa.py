@@ -1,0 +1,154 @@
+"""REPA + SiT (Yu et al., ICLR 2025; sihyun-yu/REPA): SiT trained with the flow-matching loss plus
+representation alignment: the hidden state after block `encoder_depth` goes through a projector MLP and is
+pulled towards frozen-encoder patch features by a negative cosine (coefficient 0.5).
+
+Recipe of the official release (train.py defaults + README commands): AdamW lr 1e-4 constant, betas (0.9, 0.999),
+no weight decay, batch 256, fp16 mixed precision, EMA 0.9999, grad clip 1.0, label drop 0.1, SD-VAE ft-MSE latents
+(x 0.18215), DINOv2 ViT-B/14 targets; sampling SDE Euler-Maruyama 250 steps, CFG 1.8 with guidance interval
+t <= 0.7 (guides all channels).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from baselines.api import Backbone, Recipe
+from baselines.sit import SiT, SiT_configs
+from baselines.transport import FlowMatchingGenerator, euler_maruyama, euler_ode, interpolant, projection_loss, score_from_velocity
+
+PAPER_RECIPE = Recipe(
+    lr=1e-4,
+    betas=(0.9, 0.999),
+    weight_decay=0.0,
+    batch_size=256,
+    epochs=800,
+    lr_schedule="constant",
+    ema_decay=0.9999,
+    grad_clip=1.0,
+    label_drop=0.1,
+    mixed_precision="fp16",
+    sampler=dict(mode="sde", steps=250, guidance=1.8, guidance_interval=(0.0, 0.7)),
+    source="sihyun-yu/REPA train.py defaults, README (SiT-XL/2, 4M iterations ~ 800 epochs), generate.py (cfg 1.8, guidance_high 0.7, SDE 250)",
+)
+
+PRESETS = {
+    # preset: (SiT config, image size, latent channels, encoder)
+    "XL/2": dict(sit="XL/2", image_size=256, num_classes=1000, encoder="dinov2-vit-b14", z_dim=768, projector_dim=2048),
+    "tiny": dict(sit="tiny", image_size=32, num_classes=8, encoder="standin", z_dim=64, projector_dim=256),
+}
+
+
+def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, image_size: int | None = None, sd_vae: str | None = None, encoder_weights: str | None = None, **_) -> Backbone:
+    from baselines.autoencoder import KLTokenizer, SDVAETokenizer
+    from baselines.encoders import build_encoder
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown REPA preset {preset!r}; known: {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    num_classes = num_classes or p["num_classes"]
+    image_size = image_size or p["image_size"]
+    if preset == "tiny":
+        tokenizer = KLTokenizer("tiny-f4")
+    else:
+        if sd_vae is None:
+            raise FileNotFoundError("REPA paper preset needs a local SD-VAE ft-MSE diffusers folder (--sd-vae PATH)")
+        tokenizer = SDVAETokenizer(sd_vae)
+    c, h, w = tokenizer.latent_shape(image_size)
+    cfg = SiT_configs[p["sit"]]
+    grid = h // cfg["patch_size"]
+    if preset == "tiny":
+        encoder = build_encoder("standin", dim=p["z_dim"], grid=grid)
+    else:
+        encoder = build_encoder(p["encoder"], weights=encoder_weights)
+    net = SiT(input_size=h, in_channels=c, num_classes=num_classes, z_dims=(p["z_dim"],), **{**cfg, "projector_dim": p["projector_dim"]})
+    generator = FlowMatchingGenerator(net, (c, h, w), num_classes, proj_coeff=0.5, label_drop=PAPER_RECIPE.label_drop)
+    return Backbone(
+        name="repa",
+        family="repa_sit",
+        tokenizer=tokenizer,
+        generator=generator,
+        recipe=PAPER_RECIPE,
+        encoder=encoder,
+        notes={"guidance": "CFG on all channels, interval t <= 0.7 (t=1 noise)", "alignment": f"block {cfg['encoder_depth']}, coefficient 0.5"},
+    )
+
+
+# --- parity with the official code (baselines/parity.py) -----------------------------------------------
+
+
+def parity_model(kwargs: dict) -> SiT:
+    return SiT(**kwargs)
+
+
+def _forward(model, io, call, config):
+    x, t, y = (io[k] for k in call["inputs"])
+    out, zs = model(x, t, y)
+    return {"forward.out": out, "forward.zs": torch.stack(zs)}
+
+
+def _proj_loss(model, io, call, config):
+    zs, zs_tilde = io["proj_loss.zs"], io["proj_loss.zs_tilde"]
+    return {"proj_loss.loss": projection_loss(list(zs), list(zs_tilde))}
+
+
+def _interpolant(model, io, call, config):
+    x_t, v = interpolant(io["interpolant.x0"], io["interpolant.noise"], io["interpolant.t"])
+    return {"interpolant.x_t": x_t, "interpolant.v_target": v}
+
+
+def _siloss(model, io, call, config):
+    x_t, v_target = interpolant(io["siloss.x0"], io["siloss.noise"], io["siloss.t"])
+    v, zs = model(x_t, io["siloss.t"], io["siloss.y"])
+    return {
+        "siloss.denoising_loss": (v - v_target).pow(2).flatten(1).mean(1),
+        "siloss.proj_loss": projection_loss(zs, list(io["siloss.zs_target"])),
+    }
+
+
+def _em_step(model, io, call, config):
+    x, t_cur, t_next, v, eps = (io[f"em_step.{k}"].double() for k in ("x", "t_cur", "t_next", "v", "eps"))
+    t_cur, t_next = float(t_cur), float(t_next)
+    dt = t_next - t_cur
+    s = score_from_velocity(v, x, torch.tensor(t_cur, dtype=torch.float64))
+    d = v - 0.5 * (2 * t_cur) * s
+    return {
+        "em_step.score": s,
+        "em_step.drift": d,
+        "em_step.x_next": x + d * dt + (2 * t_cur) ** 0.5 * (eps * abs(dt) ** 0.5),
+        "em_step.x_mean": x + dt * d,
+    }
+
+
+def _velocity_fn(model, y):
+    def velocity(x, t):
+        return model(x.float(), torch.full((x.shape[0],), t, dtype=torch.float32), y)[0].double()
+
+    return velocity
+
+
+def _euler(prefix: str):
+    def run(model, io, call, config):
+        args = call.get("args", {})
+        x = euler_ode(_velocity_fn(model, io[f"{prefix}.y"]), io[f"{prefix}.latents"], int(args.get("num_steps", 4)), heun=bool(args.get("heun", False)))
+        return {f"{prefix}.out": x.float()}
+
+    return run
+
+
+def _em_sample(model, io, call, config):
+    steps = int(call.get("args", {}).get("num_steps", 4))
+    noise = io["em_sample.noise"]
+    x = euler_maruyama(_velocity_fn(model, io["em_sample.y"]), io["em_sample.latents"], steps, lambda i: noise[i])
+    return {"em_sample.out": x.float()}
+
+
+PARITY_CALLS = {
+    "forward": _forward,
+    "proj_loss": _proj_loss,
+    "interpolant": _interpolant,
+    "siloss": _siloss,
+    "em_step": _em_step,
+    "euler_sample": _euler("euler_sample"),
+    "heun_sample": _euler("heun_sample"),
+    "em_sample": _em_sample,
+}
