@@ -27,6 +27,10 @@ class Tokenizer(nn.Module):
 
     trainable: bool = False  # True: the harness trains it in stage 1 with `loss`
     needs_features: bool = False  # True: `loss`/`encode` want frozen-encoder features of the images
+    # Tokenizers with the same key are one model shared by several backbones (SD-VAE serves REPA and STARFlow):
+    # a suite run trains it once in stage 1 and every backbone with that key reuses it.
+    shared_key: str | None = None
+    total_steps: int = 0  # set by the harness before stage 1, for tokenizers whose loss is staged by step
 
     def __init__(self):
         super().__init__()

@@ -49,6 +49,7 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
     image_size = image_size or p["image_size"]
     if preset == "tiny":
         tokenizer = KLTokenizer("tiny-f4")
+        tokenizer.shared_key = "sd-vae-standin-tiny-f4"  # plays SD-VAE's role: one frozen tokenizer for REPA and STARFlow
     else:
         if sd_vae is None:
             raise FileNotFoundError("REPA paper preset needs a local SD-VAE ft-MSE diffusers folder (--sd-vae PATH)")

@@ -1,0 +1,165 @@
+"""Named suites: data + backbones + budget + evaluation protocol, validated before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from baselines.api import BACKBONES
+
+
+class SuiteError(ValueError):
+    """A suite cannot run as asked (unknown name, missing data/weights, unwritable output)."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    data: str  # "embedded" | "imagenet" | "synthetic"
+    image_size: int
+    num_classes: int
+    backbones: tuple[str, ...]
+    preset: str = "tiny"
+    n_train_per_class: int = 64
+    n_ref_per_class: int = 64  # real held-out images for the FID reference statistics
+    eval_epochs: tuple[int, ...] = ()
+    n_eval_samples: int = 256  # equal labels: sample i has label i % num_classes
+    extractor: str = "smoke"
+    metrics: tuple[str, ...] = ("fid",)
+    sample_batch_size: int = 128
+    throughput_batch_sizes: tuple[int, ...] = (64,)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # backbone -> Recipe field overrides
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # backbone -> build_backbone options
+    requires: dict[str, str] = field(default_factory=dict)  # what -> environment variable holding its path
+    linear_probe: bool = True
+
+
+_TINY_STAGE1 = dict(stage1_epochs=12, stage1_lr=2e-3, stage1_batch_size=64)
+_TINY_FM = dict(lr=1e-3, batch_size=64, ema_decay=0.995, lr_schedule="constant", warmup_steps=0, grad_clip=1.0, mixed_precision="no")
+
+SMOKE_EPOCHS = 24
+SMOKE = Suite(
+    name="smoke",
+    description="Embedded photo crops (32 px, 8 classes), every family at tiny size on CPU in minutes",
+    data="embedded",
+    image_size=32,
+    num_classes=8,
+    backbones=("repa", "vavae_lightningdit", "fae", "starflow", "tarflow"),
+    n_train_per_class=64,
+    n_ref_per_class=64,
+    eval_epochs=(4, 12, SMOKE_EPOCHS),
+    n_eval_samples=256,
+    overrides={
+        "repa": {**_TINY_STAGE1, **_TINY_FM, "epochs": SMOKE_EPOCHS, "sampler": dict(mode="sde", steps=32, guidance=1.8, guidance_interval=(0.0, 0.7))},
+        "vavae_lightningdit": {**_TINY_STAGE1, **_TINY_FM, "epochs": SMOKE_EPOCHS, "sampler": dict(steps=32)},
+        "fae": {**_TINY_STAGE1, **_TINY_FM, "epochs": SMOKE_EPOCHS, "sampler": dict(steps=32)},
+        "starflow": {**_TINY_STAGE1, "lr": 1e-3, "batch_size": 64, "ema_decay": 0.995, "epochs": SMOKE_EPOCHS, "grad_clip": 1.0, "mixed_precision": "no", "lr_schedule": "constant", "warmup_steps": 0},
+        "tarflow": {"lr": 1e-3, "batch_size": 64, "ema_decay": 0.995, "epochs": SMOKE_EPOCHS, "grad_clip": 1.0, "mixed_precision": "no", "lr_schedule": "constant", "warmup_steps": 0},
+    },
+)
+
+PATCHES64 = dataclasses.replace(
+    SMOKE,
+    name="patches64",
+    description="Embedded photo crops at 64 px: convergence curves of all four families on CPU within about an hour",
+    image_size=64,
+    n_train_per_class=256,
+    n_ref_per_class=128,
+    eval_epochs=(5, 10, 20, 40),
+    n_eval_samples=512,
+    overrides={k: {**v, "epochs": 40} for k, v in SMOKE.overrides.items()},
+)
+
+IMAGENET256 = Suite(
+    name="imagenet256",
+    description="ImageNet 256x256, paper protocol: FID-50K vs the ADM reference batch, paper sampler/CFG settings",
+    data="imagenet",
+    image_size=256,
+    num_classes=1000,
+    backbones=("repa", "vavae_lightningdit", "fae", "starflow"),
+    preset="paper",
+    eval_epochs=(80, 800),
+    n_eval_samples=50_000,
+    extractor="inception-v3-compat",
+    metrics=("fid", "sfid", "is", "precision", "recall"),
+    sample_batch_size=250,
+    linear_probe=False,
+    requires={
+        "ImageNet train folder": "GENBENCH_IMAGENET",
+        "ADM reference batch VIRTUAL_imagenet256_labeled.npz": "GENBENCH_ADM_REF",
+        "InceptionV3 weights (torch-fidelity pt_inception-2015-12-05)": "GENBENCH_INCEPTION",
+        "SD-VAE ft-EMA / ft-MSE diffusers folder": "GENBENCH_SD_VAE",
+        "DINOv2 weights folder": "GENBENCH_WEIGHTS",
+    },
+)
+
+IMAGENET256_THROUGHPUT = Suite(
+    name="imagenet256-throughput",
+    description="Paper-size models on synthetic inputs of the exact shapes: train/sampling img/s, latency, memory (GPU)",
+    data="synthetic",
+    image_size=256,
+    num_classes=1000,
+    backbones=("repa", "vavae_lightningdit", "fae", "starflow"),
+    preset="paper",
+    throughput_batch_sizes=(1, 8, 32, 64),
+    linear_probe=False,
+    requires={"CUDA device": "cuda"},
+)
+
+SUITES: dict[str, Suite] = {s.name: s for s in (SMOKE, PATCHES64, IMAGENET256, IMAGENET256_THROUGHPUT)}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise SuiteError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
+    return SUITES[name]
+
+
+def resolve(suite: Suite, backbones: str | None) -> tuple[str, ...]:
+    """Backbones to run: the suite's, or a comma list that must name registered backbones of the suite."""
+    if not backbones:
+        return suite.backbones
+    names = tuple(b.strip() for b in backbones.split(",") if b.strip())
+    unknown = [b for b in names if b not in BACKBONES]
+    if unknown:
+        raise SuiteError(f"unknown backbone(s) {', '.join(unknown)}; known: {', '.join(sorted(BACKBONES))}")
+    not_in = [b for b in names if b not in suite.backbones]
+    if not_in:
+        raise SuiteError(f"backbone(s) {', '.join(not_in)} are not part of suite {suite.name!r} ({', '.join(suite.backbones)})")
+    return names
+
+
+def check_output_dir(out: str | Path) -> Path:
+    """The results root must be creatable and writable (checked by writing a probe file)."""
+    p = Path(out)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise SuiteError(f"output directory {p} is not writable: {e.strerror or e}") from None
+    return p
+
+
+def check_requirements(suite: Suite, device: str) -> None:
+    """One error naming every missing path and how to provide it, before any work starts."""
+    missing = []
+    for what, env in suite.requires.items():
+        if env == "cuda":
+            import torch
+
+            if not (device.startswith("cuda") and torch.cuda.is_available()):
+                missing.append(f"- {what}: suite {suite.name} needs a GPU (run with --device cuda on a CUDA machine)")
+            continue
+        value = os.environ.get(env)
+        if not value:
+            missing.append(f"- {what}: set {env}=PATH")
+        elif not Path(value).exists():
+            missing.append(f"- {what}: {env}={value} does not exist")
+    if missing:
+        raise SuiteError(f"suite {suite.name} cannot start; missing inputs:\n" + "\n".join(missing))

@@ -1,0 +1,87 @@
+"""invoke entry points. Thin: parse options, call library functions, turn user errors into exit code 2."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from invoke import Exit, task
+
+
+def _user_error(e: Exception) -> Exit:
+    return Exit(f"error: {e}", code=2)
+
+
+@task(help={
+    "suite": "suite name (smoke, patches64, imagenet256, imagenet256-throughput)",
+    "backbones": "comma list of backbones (default: the suite's)",
+    "out": "results root (default: results)",
+    "seed": "run seed (default 0)",
+    "device": "cpu or cuda",
+    "run_id": "run directory name (default: derived from seed and configuration; an existing run resumes)",
+})  # fmt: skip
+def bench(c, suite="smoke", backbones="", out="results", seed=0, device="cpu", run_id=""):
+    """Train, sample, evaluate and measure a suite's backbones into results/<suite>/<run_id>/."""
+    from bench.runner import run_bench
+    from bench.suites import SuiteError
+
+    try:
+        code = run_bench(suite, backbones or None, out, int(seed), device, run_id or None)
+    except SuiteError as e:
+        raise _user_error(e) from None
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"results": "results root (default: results)", "out": "reports root (default: reports)"})
+def report(c, results="results", out="reports"):
+    """Rebuild every table and plot from the results store alone."""
+    from bench.report import main
+
+    code = main(["--results", results, "--out", out])
+    if code:
+        raise Exit(code=code)
+
+
+@task
+def test(c, args=""):
+    """Run the test suite (as README and CI do)."""
+    c.run(f"{sys.executable} -m pytest -q {args}", pty=False)
+
+
+@task(help={"extractor": "feature extractor name", "weights": "weights file of the extractor", "metrics": "comma list: fid,sfid,is,prec,rec,kid"})
+def fid(c, samples, ref, extractor="inception-v3-compat", weights="", metrics="fid,sfid,is,prec,rec"):
+    """Score SAMPLES.npz against REF.npz like the ADM evaluator; prints one JSON line."""
+    from bench.metrics.cli import main
+
+    argv = [samples, ref, "--extractor", extractor, "--metrics", metrics] + (["--weights", weights] if weights else [])
+    code = main(argv)
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"static": "compile for sm_90 on CPU and read the cubins", "latency": "GPU latency", "json": "write results here", "compare": "baseline JSON to gate against"})
+def kernels(c, static=False, latency=False, json="", compare=""):
+    """Triton kernels: static cost gate (CPU) or latency against eager/compile and the roofline (GPU)."""
+    from bench.kernels import main
+
+    argv = (["--static"] if static else []) + (["--latency"] if latency else [])
+    argv += (["--json", json] if json else []) + (["--compare", compare] if compare else [])
+    code = main(argv)
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"cases": "golden case directories (default: ../shared/golden/*)"})
+def parity(c, cases=""):
+    """Run parity against the official implementations' golden data."""
+    import glob
+
+    from baselines.parity import main
+
+    paths = shlex.split(cases) if cases else sorted(glob.glob("../shared/golden/*/"))
+    if not paths:
+        raise Exit("error: no golden cases found (pass --cases or place them at ../shared/golden)", code=2)
+    code = main(paths)
+    if code:
+        raise Exit(code=code)
