@@ -116,8 +116,14 @@ class RunStore:
         if unknown:
             raise ValueError(f"unknown metric field(s): {sorted(unknown)}")
         row.update(fields)
+        line = json.dumps(row) + "\n"
+        if self.metrics_path.exists() and self.metrics_path.stat().st_size:
+            with open(self.metrics_path, "rb") as f:  # a killed run may have left a torn line: terminate it first
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
         return row

@@ -7,7 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-SOFTPLUS_OFFSET = math.log(math.e - 1.0)  # 0.5413...: softplus(0 + offset) = 1, STARFlow's scale parametrisation
+# softplus(0 + offset) = 1: STARFlow's scale parametrisation starts at the identity.
+SOFTPLUS_OFFSET = math.log(math.e - 1.0)  # 0.5413...
 
 
 def modulated_rmsnorm(x, weight, shift, scale, eps=1e-6):
