@@ -112,7 +112,7 @@ class BackboneRun:
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + float(v.detach())
                     count += 1
-                    prog.update(len(idx), loss=float(parts["loss"]))
+                    prog.update(len(idx), loss=float(parts["loss"].detach()))
                 means = _log_epoch(self.store, self.name, "stage1", sums, count, epoch=epoch, step=step, images_seen=step * bs)
                 log.info(f"[{self.name}] stage 1 epoch {epoch}: " + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
         tok.eval()
@@ -177,7 +177,7 @@ class BackboneRun:
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + float(v.detach())
                     count += 1
-                    prog.update(len(idx), loss=float(parts["loss"]))
+                    prog.update(len(idx), loss=float(parts["loss"].detach()))
                 seen = epoch * per_epoch * bs
                 means = _log_epoch(self.store, self.name, "train", sums, count, epoch=epoch, step=epoch * per_epoch, images_seen=seen, train_flops=flops * seen)
                 log.info(f"[{self.name}] epoch {epoch}/{r.epochs}: " + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
