@@ -23,7 +23,7 @@ class Suite:
     image_size: int
     num_classes: int
     backbones: tuple[str, ...]
-    preset: str = "tiny"
+    presets: dict[str, str] = field(default_factory=dict)  # backbone -> preset name (default "tiny")
     n_train_per_class: int = 64
     n_ref_per_class: int = 64  # real held-out images for the FID reference statistics
     eval_epochs: tuple[int, ...] = ()
@@ -36,6 +36,9 @@ class Suite:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # backbone -> build_backbone options
     requires: dict[str, str] = field(default_factory=dict)  # what -> environment variable holding its path
     linear_probe: bool = True
+
+    def preset_for(self, backbone: str) -> str:
+        return self.presets.get(backbone, "tiny")
 
 
 _TINY_STAGE1 = dict(stage1_epochs=12, stage1_lr=2e-3, stage1_batch_size=64)
@@ -74,6 +77,8 @@ PATCHES64 = dataclasses.replace(
     overrides={k: {**v, "epochs": 40} for k, v in SMOKE.overrides.items()},
 )
 
+PAPER_PRESETS = {"repa": "XL/2", "vavae_lightningdit": "XL/1", "fae": "paper", "starflow": "1.4B"}
+
 IMAGENET256 = Suite(
     name="imagenet256",
     description="ImageNet 256x256, paper protocol: FID-50K vs the ADM reference batch, paper sampler/CFG settings",
@@ -81,7 +86,7 @@ IMAGENET256 = Suite(
     image_size=256,
     num_classes=1000,
     backbones=("repa", "vavae_lightningdit", "fae", "starflow"),
-    preset="paper",
+    presets=PAPER_PRESETS,
     eval_epochs=(80, 800),
     n_eval_samples=50_000,
     extractor="inception-v3-compat",
@@ -104,7 +109,7 @@ IMAGENET256_THROUGHPUT = Suite(
     image_size=256,
     num_classes=1000,
     backbones=("repa", "vavae_lightningdit", "fae", "starflow"),
-    preset="paper",
+    presets=PAPER_PRESETS,
     throughput_batch_sizes=(1, 8, 32, 64),
     linear_probe=False,
     requires={"CUDA device": "cuda"},

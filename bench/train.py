@@ -28,7 +28,7 @@ def _gen(seed: int, *key: int) -> torch.Generator:
 
 def make_backbone(suite, name: str, seed: int) -> Backbone:
     torch.manual_seed(seed)  # model init is part of the run's randomness
-    bb = build_backbone(name, suite.preset, num_classes=suite.num_classes, image_size=suite.image_size, **suite.options.get(name, {}))
+    bb = build_backbone(name, suite.preset_for(name), num_classes=suite.num_classes, image_size=suite.image_size, **suite.options.get(name, {}))
     bb.recipe = bb.recipe.replace(**suite.overrides.get(name, {}))
     return bb
 
