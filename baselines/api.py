@@ -131,6 +131,7 @@ class Recipe:
     warmup_steps: int = 0
     min_lr: float = 0.0
     ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay_k = min(ema_decay, (1 + k) / (10 + k)): short runs don't average in the init
     grad_clip: float | None = None
     label_drop: float = 0.1
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (CUDA only)

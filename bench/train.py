@@ -173,7 +173,7 @@ class BackboneRun:
                     if r.grad_clip:
                         torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
                     opt.step()
-                    ema_update(ema, gen, r.ema_decay)
+                    ema_update(ema, gen, min(r.ema_decay, (1 + step) / (10 + step)) if r.ema_warmup else r.ema_decay)
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + float(v.detach())
                     count += 1
