@@ -69,7 +69,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         hn = self.norm(x)
-        q, k, v = (m(hn).reshape(b, 1, c, h * w).transpose(-1, -2) for m in (self.q, self.k, self.v))  # [B,1,HW,C]
+        q, k, v = (
+            m(hn).reshape(b, 1, c, h * w).transpose(-1, -2) for m in (self.q, self.k, self.v)
+        )  # [B,1,HW,C]
         out = F.scaled_dot_product_attention(q, k, v)  # scale C^-1/2, softmax over keys
         return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
 
@@ -142,7 +144,9 @@ def _check_ddconfig(dd: dict[str, Any]) -> dict[str, Any]:
     dd = {"double_z": True, "dropout": 0.0, "in_channels": 3, "out_ch": 3, **dd}
     for c in [dd["ch"] * m for m in dd["ch_mult"]]:
         if c % 32:
-            raise ValueError(f"channel count {c} (ch * ch_mult) is not a multiple of 32 (GroupNorm uses 32 groups)")
+            raise ValueError(
+                f"channel count {c} (ch * ch_mult) is not a multiple of 32 (GroupNorm uses 32 groups)"
+            )
     return dd
 
 
@@ -222,7 +226,9 @@ class DiagonalGaussian:
         self.var = torch.exp(self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        eps = torch.randn(
+            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
+        )
         return self.mean + self.std * eps
 
     def mode(self) -> torch.Tensor:
@@ -265,11 +271,14 @@ def _dd(z: int, ch_mult, attn, res_blocks: int = 2, ch: int = 128, resolution: i
                 ch_mult=list(ch_mult), num_res_blocks=res_blocks, attn_resolutions=list(attn), dropout=0.0)  # fmt: skip
 
 
-# name -> (ddconfig, embed_dim)
+# name -> (ddconfig, embed_dim).
+# sd-vae-f8: SD-VAE (ft-EMA / ft-MSE), f8, 4 channels, attention in the mid blocks only.
+# vavae-f16d32: VA-VAE (vavae/configs/f16d32_vfdinov2.yaml), f16, 32 channels, attention at 16x16.
+# tiny-f4: the CPU suites, 32 px -> 8x8x4 (attention at the lowest level, as VA-VAE).
 AE_CONFIGS: dict[str, tuple[dict[str, Any], int]] = {
-    "sd-vae-f8": (_dd(4, (1, 2, 4, 4), ()), 4),  # SD-VAE (ft-EMA/ft-MSE): f8, 4 channels, mid attention only
-    "vavae-f16d32": (_dd(32, (1, 1, 2, 2, 4), (16,)), 32),  # VA-VAE f16d32 (vavae/configs/f16d32_vfdinov2.yaml)
-    "tiny-f4": (_dd(4, (1, 2, 2), (8,), res_blocks=1, ch=32, resolution=32), 4),  # CPU suites: 32px -> 8x8x4
+    "sd-vae-f8": (_dd(4, (1, 2, 4, 4), ()), 4),
+    "vavae-f16d32": (_dd(32, (1, 1, 2, 2, 4), (16,)), 32),
+    "tiny-f4": (_dd(4, (1, 1, 2), (8,), res_blocks=1, ch=32, resolution=32), 4),
 }
 
 
@@ -299,9 +308,18 @@ def _diffusers_ddconfig(cfg: dict[str, Any]) -> tuple[dict[str, Any], int]:
         raise ValueError("VAEs without quant_conv/post_quant_conv are not LDM AutoencoderKLs")
     if not cfg.get("mid_block_add_attention", True):
         raise ValueError("VAEs without mid-block attention are not LDM AutoencoderKLs")
-    resolution = int(cfg.get("sample_size", 256) if not isinstance(cfg.get("sample_size"), list) else cfg["sample_size"][0])
+    resolution = int(
+        cfg.get("sample_size", 256) if not isinstance(cfg.get("sample_size"), list) else cfg["sample_size"][0]
+    )
     attn = [resolution // 2**i for i, t in enumerate(cfg.get("down_block_types", [])) if t.startswith("Attn")]
-    dd = _dd(int(cfg["latent_channels"]), [c // ch for c in chans], attn, int(cfg["layers_per_block"]), ch, resolution)
+    dd = _dd(
+        int(cfg["latent_channels"]),
+        [c // ch for c in chans],
+        attn,
+        int(cfg["layers_per_block"]),
+        ch,
+        resolution,
+    )
     dd["in_channels"], dd["out_ch"] = int(cfg.get("in_channels", 3)), int(cfg.get("out_channels", 3))
     return dd, int(cfg["latent_channels"])
 

@@ -156,7 +156,9 @@ def adopt_weight(weight: float, step: int, threshold: int) -> float:
     return 0.0 if step < threshold else weight
 
 
-def adaptive_weight(main: torch.Tensor, other: torch.Tensor, layer: torch.Tensor, max_value: float) -> torch.Tensor:
+def adaptive_weight(
+    main: torch.Tensor, other: torch.Tensor, layer: torch.Tensor, max_value: float
+) -> torch.Tensor:
     """clamp(||d main / d layer|| / (||d other / d layer|| + 1e-4), 0, max_value), detached (VQGAN eq. 7).
     0 when the graph has no gradient (evaluation without autograd), as the official fallback."""
     if not (torch.is_grad_enabled() and main.requires_grad and other.requires_grad):
@@ -180,7 +182,8 @@ class VAELoss(nn.Module):
         super().__init__()
         self.kl_weight, self.perceptual_weight = kl_weight, perceptual_weight
         self.disc_weight, self.disc_start, self.disc_factor = disc_weight, disc_start, disc_factor
-        self.logvar = nn.Parameter(torch.full((), float(logvar_init)))
+        # LDM/VA-VAE keep `loss.logvar` out of every optimiser, so it stays at logvar_init: frozen here
+        self.logvar = nn.Parameter(torch.full((), float(logvar_init)), requires_grad=False)
         self.perceptual_loss = PerceptualLoss(perceptual, vgg_path) if perceptual_weight > 0 else None
         self.discriminator = NLayerDiscriminator(3, disc_ndf, disc_layers) if disc_weight > 0 else None
 
@@ -202,7 +205,11 @@ class VAELoss(nn.Module):
         nll = (rec / torch.exp(self.logvar) + self.logvar).sum() / b
         kl = posterior.kl().sum() / b
         loss = nll + self.kl_weight * kl
-        out = {"rec_l1": (images - reconstructions).abs().mean().detach(), "nll": nll.detach(), "kl": kl.detach()}
+        out = {
+            "rec_l1": (images - reconstructions).abs().mean().detach(),
+            "nll": nll.detach(),
+            "kl": kl.detach(),
+        }
         if p_loss is not None:
             out["perceptual"] = p_loss.mean().detach()
 

@@ -1,0 +1,335 @@
+"""VA-VAE (Yao et al., CVPR 2025, hustvl/LightningDiT vavae/): the LDM KL autoencoder aligned with a vision
+foundation model, and the `vavae_lightningdit` backbone (VA-VAE tokenizer + LightningDiT generator).
+
+VF loss (vavae/ldm/modules/losses/contperceptual.py), with z' = linear_proj(z) [B,D,h,w] (1x1 conv, no bias,
+latent -> foundation width; `reverse_proj: true`) and F the foundation patch tokens as a map [B,D,h,w]:
+  distmat = mean_{b,i,j} ReLU(|cos(z'_i, z'_j) - cos(F_i, F_j)| - m2)       (m2 = 0.25, diagonal included)
+  cos     = mean_{b,i}   ReLU(1 - m1 - cos(z'_i, F_i))                       (m1 = 0.5)
+  vf      = distmat + cos
+It enters the autoencoder loss with the adaptive weight 0.1 * ||grad nll|| / ||grad vf|| taken on the
+ENCODER's last layer `encoder.conv_out.weight`; L1 + LPIPS + KL 1e-6 + PatchGAN (0.5, from step 5001) as LDM
+(baselines/losses.py). In training, z is the posterior SAMPLE.
+
+Facts about the official release this file relies on: the learnable `loss.logvar` is not in the optimiser
+(it stays 0); the autoencoder and discriminator use Adam (0.5, 0.9) at lr 1e-4; the released latents for
+LightningDiT are posterior samples normalised per channel with `latents_stats.pt` ({'mean','std'} [1,C,1,1]).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.api import Backbone, Recipe, Tokenizer
+from baselines.autoencoder import AE_CONFIGS, AutoencoderKL, _dd
+from baselines.losses import VAELoss
+
+# --- model ------------------------------------------------------------------------------------------------
+
+
+class VAVAE(AutoencoderKL):
+    """LDM AutoencoderKL + the VF projection `linear_proj` (official training-class key layout)."""
+
+    def __init__(
+        self, ddconfig: dict[str, Any], embed_dim: int, vf_feature_dim: int = 1024, reverse_proj: bool = True
+    ):
+        super().__init__(ddconfig, embed_dim)
+        self.reverse_proj = reverse_proj
+        if reverse_proj:  # latent -> foundation width (the released setting)
+            self.linear_proj = nn.Conv2d(embed_dim, vf_feature_dim, 1, bias=False)
+        else:  # foundation width -> latent (official reverse_proj=False branch)
+            self.linear_proj = nn.Conv2d(vf_feature_dim, embed_dim, 1, bias=True)
+
+    def project(self, z: torch.Tensor, aux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latent [B,E,h,w], features [B,D,h,w]) -> the pair the VF loss compares."""
+        return (self.linear_proj(z), aux) if self.reverse_proj else (z, self.linear_proj(aux))
+
+
+def tokens_to_map(f: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Foundation tokens [B, h*w, D] (row-major, CLS removed) -> [B, D, h, w] as the official wrapper does."""
+    b, t, d = f.shape
+    if t != h * w:
+        raise ValueError(f"{t} feature tokens do not match the {h}x{w} latent grid; the encoder's token grid "
+                         "must equal the latent grid (DINOv2 at 224 px gives 16x16 for f16 at 256 px)")  # fmt: skip
+    return f.reshape(b, h, w, d).permute(0, 3, 1, 2)
+
+
+def vf_loss(z: torch.Tensor, aux: torch.Tensor, distmat_margin: float = 0.25, cos_margin: float = 0.5,
+            distmat_weight: float = 1.0, cos_weight: float = 1.0) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Marginal distance-matrix + marginal cosine loss between z [B,D,h,w] and aux [B,D,h,w] (VA-VAE eq. 2-4)."""
+    zn = F.normalize(z.flatten(2), dim=1)  # [B,D,T]
+    fn = F.normalize(aux.flatten(2), dim=1)
+    sz = torch.einsum("bci,bcj->bij", zn, zn)  # [B,T,T] token-token cosine
+    sf = torch.einsum("bci,bcj->bij", fn, fn)
+    distmat = F.relu((sz - sf).abs() - distmat_margin).mean()
+    cos = F.relu(1 - cos_margin - F.cosine_similarity(aux, z, dim=1)).mean()
+    return {"vf_loss": distmat_weight * distmat + cos_weight * cos, "vf_distmat": distmat, "vf_cos": cos}
+
+
+# --- tokenizer --------------------------------------------------------------------------------------------
+
+# name -> (ddconfig, embed_dim). tiny: 32 px -> 8x8x8 (a higher-dimensional latent than tiny-f4, as VA-VAE).
+VAVAE_CONFIGS: dict[str, tuple[dict[str, Any], int]] = {
+    "f16d32": AE_CONFIGS["vavae-f16d32"],
+    "tiny": (_dd(8, (1, 1, 2), (8,), res_blocks=1, ch=32, resolution=32), 8),
+}
+
+# vavae/configs/f16d32_vfdinov2.yaml (lossconfig)
+OFFICIAL_LOSS = dict(kl_weight=1e-6, disc_weight=0.5, disc_start=5001, perceptual_weight=1.0, vf_weight=0.1,
+                     adaptive_vf=True, distmat_margin=0.25, cos_margin=0.5, distmat_weight=1.0, cos_weight=1.0)  # fmt: skip
+
+
+class VAVAETokenizer(Tokenizer):
+    """The VA-VAE as a Tokenizer. `loss(images, features, step)` is the official generator-side loss plus the
+    discriminator's hinge loss in single-scalar form (see baselines/losses.py); `features` are the frozen
+    foundation model's patch tokens [B, h*w, D] of the same images."""
+
+    trainable = True
+    needs_features = True
+
+    def __init__(self, config: str = "tiny", vf_feature_dim: int = 1024, *, perceptual: str = "auto",
+                 vgg_path: str | Path | None = None, disc_ndf: int = 64, disc_layers: int = 3,
+                 **loss_overrides: Any):  # fmt: skip
+        super().__init__()
+        if config not in VAVAE_CONFIGS:
+            raise ValueError(f"unknown VA-VAE config {config!r}; known: {', '.join(VAVAE_CONFIGS)}")
+        unknown = sorted(set(loss_overrides) - set(OFFICIAL_LOSS))
+        if unknown:
+            raise ValueError(f"unknown VA-VAE loss option(s) {unknown}; known: {sorted(OFFICIAL_LOSS)}")
+        dd, embed_dim = VAVAE_CONFIGS[config]
+        self.ae = VAVAE(dd, embed_dim, vf_feature_dim)
+        self.hp = {**OFFICIAL_LOSS, **loss_overrides}
+        self.loss_fn = VAELoss(
+            kl_weight=self.hp["kl_weight"], perceptual_weight=self.hp["perceptual_weight"],
+            disc_weight=self.hp["disc_weight"], disc_start=self.hp["disc_start"], perceptual=perceptual,
+            vgg_path=vgg_path, disc_ndf=disc_ndf, disc_layers=disc_layers,
+        )  # fmt: skip
+
+    # image <-> latent
+    def encode(self, images, features=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """images [B,3,H,W] -> posterior mean [B,E,H/f,W/f], or a posterior sample with `generator` (the official
+        extract_features.py stores samples)."""
+        posterior = self.ae.encode(images)
+        return posterior.mean if generator is None else posterior.sample(generator)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.ae.decode(latents)
+
+    def latent_shape(self, image_size: int) -> tuple[int, ...]:
+        f = self.ae.downsample_factor
+        if image_size % f:
+            raise ValueError(f"image size {image_size} is not divisible by the downsampling factor {f}")
+        return (self.ae.embed_dim, image_size // f, image_size // f)
+
+    # stage 1
+    def loss(self, images, features=None, step: int = 0, generator: torch.Generator | None = None):
+        if features is None:
+            raise ValueError(
+                "VA-VAE training needs the frozen foundation model's features (Backbone.encoder)"
+            )
+        posterior = self.ae.encode(images)
+        z = posterior.sample(generator)  # [B,E,h,w]
+        rec = self.ae.decode(z)
+        zp, aux = self.ae.project(z, tokens_to_map(features.to(z.dtype), z.shape[2], z.shape[3]))
+        vf = vf_loss(zp, aux, self.hp["distmat_margin"], self.hp["cos_margin"], self.hp["distmat_weight"],
+                     self.hp["cos_weight"])  # fmt: skip
+        out = self.loss_fn(
+            images, rec, posterior, step, last_layer=self.ae.decoder.conv_out.weight, vf_loss=vf["vf_loss"],
+            vf_weight=self.hp["vf_weight"], enc_last_layer=self.ae.encoder.conv_out.weight,
+            adaptive_vf=self.hp["adaptive_vf"],
+        )  # fmt: skip
+        out.update(vf_distmat=vf["vf_distmat"].detach(), vf_cos=vf["vf_cos"].detach())
+        return out
+
+    # official files
+    def load_official(self, ckpt: str | Path, stats: str | Path | None = None) -> None:
+        """Load the released VA-VAE checkpoint (LDM keys, e.g. vavae-imagenet256-f16d32-dinov2.pt) and, if
+        given, `latents_stats.pt` ({'mean','std'} [1,C,1,1]) into latent_mean/latent_std."""
+        self.ae.load_state_dict(load_vavae_state_dict(ckpt, self.ae), strict=True)
+        if stats is not None:
+            s = _load(
+                stats, "the latents_stats.pt of the LightningDiT release (or your own latent statistics)"
+            )
+            self.latent_mean = s["mean"].flatten().float()
+            self.latent_std = s["std"].flatten().float()
+
+
+def _load(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; download {what} and pass its local path")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_vavae_state_dict(ckpt: str | Path, model: VAVAE) -> dict[str, torch.Tensor]:
+    """The autoencoder part of an official VA-VAE checkpoint: `state_dict` of a training checkpoint without
+    the `loss.*` (LPIPS, discriminator) and `foundation_model.*` (DINOv2) keys. A checkpoint without
+    `linear_proj.weight` (inference-only) keeps the model's own projection; every other key must match."""
+    sd = _load(
+        ckpt,
+        "the VA-VAE checkpoint (hustvl/vavae-imagenet256-f16d32-dinov2, file vavae-imagenet256-f16d32-dinov2.pt)",
+    )
+    sd = sd.get("state_dict", sd)
+    sd = {k: v for k, v in sd.items() if not k.startswith(("loss.", "foundation_model."))}
+    if "linear_proj.weight" not in sd:
+        sd["linear_proj.weight"] = model.linear_proj.weight.detach().clone()
+        if not model.reverse_proj:
+            sd["linear_proj.bias"] = model.linear_proj.bias.detach().clone()
+    return sd
+
+
+# --- parity (python -m baselines.parity) ------------------------------------------------------------------
+
+
+def parity_model(kwargs: dict[str, Any]) -> VAVAE:
+    if kwargs.get("use_vf") is None:  # the plain LDM autoencoder: no linear_proj
+        return AutoencoderKL(kwargs["ddconfig"], kwargs["embed_dim"])
+    return VAVAE(kwargs["ddconfig"], kwargs["embed_dim"], int(kwargs.get("vf_feature_dim", 1024)),
+                 bool(kwargs.get("reverse_proj", False)))  # fmt: skip
+
+
+def _encode(model, io, call, config):
+    with torch.no_grad():
+        post = model.encode(io[call["inputs"][0]])
+    return {"moments": post.moments, "mean": post.mean, "logvar": post.logvar}
+
+
+def _decode(model, io, call, config):
+    with torch.no_grad():
+        return {"x_rec": model.decode(io[call["inputs"][0]])}
+
+
+def _vf_loss(model, io, call, config):
+    z, f = io[call["inputs"][0]], io[call["inputs"][1]]
+    a = call.get("scalar_args", {})
+    lp = config["kwargs"].get("lossconfig", {}).get("params", {})
+    pick = lambda k, d: float(a.get(k, lp.get(k, d)))  # noqa: E731
+    with torch.no_grad():
+        zp, aux = model.project(z, tokens_to_map(f, z.shape[2], z.shape[3]))
+        out = vf_loss(zp, aux, pick("distmat_margin", 0.0), pick("cos_margin", 0.0), pick("distmat_weight", 1.0),
+                      pick("cos_weight", 1.0))  # fmt: skip
+    return {
+        "z_proj": zp,
+        "vf_loss_distmat": out["vf_distmat"],
+        "vf_loss_cos": out["vf_cos"],
+        "vf_loss": out["vf_loss"],
+    }
+
+
+PARITY_CALLS = {"encode": _encode, "decode": _decode, "vf_loss": _vf_loss}
+
+
+# --- the vavae_lightningdit backbone ----------------------------------------------------------------------
+
+# Official time shift: the released sampler integrates t = 0 (noise) -> 1 on linspace(0, 1, 250) mapped by
+# t' = s t / (1 + (s - 1) t) with s = 0.3 (transport/integrators.py). In the common t = 1-noise convention
+# (tau = 1 - t) that is tau' = S tau / (1 + (S - 1) tau) with S = 1 / 0.3, i.e. baselines.transport.shift_time.
+OFFICIAL_TIMESTEP_SHIFT = 0.3
+# configs/reproductions/lightningdit_xl_vavae_f16d32_{64ep,800ep}_cfg.yaml: cfg scale and cfg_interval_start
+# (guidance off while t < start, t = 0 noise -> on for tau <= 1 - start).
+RELEASES = {"64ep": dict(epochs=64, guidance=10.0, cfg_interval_start=0.10),
+            "800ep": dict(epochs=800, guidance=6.7, cfg_interval_start=0.125)}  # fmt: skip
+
+PRESETS = {
+    # preset: LightningDiT model, VA-VAE config, image size, classes, foundation encoder
+    "XL/1": dict(dit="XL/1", vavae="f16d32", image_size=256, num_classes=1000, encoder="dinov2-vit-l14"),
+    "tiny": dict(dit="tiny", vavae="tiny", image_size=32, num_classes=8, encoder="standin"),
+}
+
+
+def paper_recipe(release: str = "800ep", official_cfg_quirk: bool = False) -> Recipe:
+    if release not in RELEASES:
+        raise ValueError(f"unknown LightningDiT release {release!r}; known: {', '.join(RELEASES)}")
+    r = RELEASES[release]
+    sampler = dict(
+        mode="ode",
+        steps=249,  # num_sampling_steps 250 = 250 grid points of torchdiffeq's fixed-grid Euler = 249 steps
+        time_shift=1.0 / OFFICIAL_TIMESTEP_SHIFT,
+        guidance=r["guidance"],
+        guidance_interval=(0.0, 1.0 - r["cfg_interval_start"]),
+    )
+    if official_cfg_quirk:
+        sampler["guidance_channels"] = 3
+    return Recipe(
+        lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0, batch_size=1024, epochs=r["epochs"], lr_schedule="constant",
+        ema_decay=0.9999, grad_clip=None, label_drop=0.1, mixed_precision="bf16", sampler=sampler,
+        stage1_epochs=50, stage1_lr=1e-4, stage1_batch_size=256, stage1_betas=(0.5, 0.9),
+        source=("hustvl/LightningDiT configs/reproductions/lightningdit_xl_vavae_f16d32_"
+                f"{release}_cfg.yaml (AdamW 2e-4, beta2 0.95, batch 1024, 80k steps = 64 ep, Euler ODE "
+                "num_sampling_steps 250, timestep_shift 0.3, cfg_interval_start), train.py (EMA 0.9999); "
+                "VA-VAE: vavae/configs/f16d32_vfdinov2.yaml (Adam 1e-4 (0.5, 0.9), 8 x 32 GPUs, 50 epochs)"),
+    )  # fmt: skip
+
+
+def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, image_size: int | None = None,
+                   release: str = "800ep", official_cfg_quirk: bool = False, vavae_ckpt: str | None = None,
+                   latent_stats: str | None = None, encoder_weights: str | None = None,
+                   perceptual: str = "auto", vgg_path: str | None = None, **_: Any) -> Backbone:  # fmt: skip
+    """`vavae_lightningdit`. tiny: VA-VAE tiny (32 px -> 8x8x8) aligned to the stand-in encoder + LightningDiT
+    tiny. XL/1: VA-VAE f16d32 (`vavae_ckpt`/`latent_stats` load the release; DINOv2 ViT-L/14 is built only when
+    `encoder_weights` or $GENBENCH_WEIGHTS is given) + LightningDiT-XL/1."""
+    from baselines.encoders import build_encoder
+    from baselines.lightningdit import LightningDiT_models
+    from baselines.transport import FlowMatchingGenerator
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown vavae_lightningdit preset {preset!r}; known: {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    num_classes = num_classes or p["num_classes"]
+    image_size = image_size or p["image_size"]
+    recipe = paper_recipe(release, official_cfg_quirk)
+
+    encoder = None
+    if preset == "tiny":
+        dd, _e = VAVAE_CONFIGS["tiny"]
+        grid = image_size // 2 ** (len(dd["ch_mult"]) - 1)
+        encoder = build_encoder("standin", dim=32, grid=grid)
+        vf_dim = encoder.dim
+    else:
+        vf_dim = 1024
+        if encoder_weights is not None or os.environ.get("GENBENCH_WEIGHTS"):
+            encoder = build_encoder(p["encoder"], weights=encoder_weights)
+            vf_dim = encoder.dim
+    tokenizer = VAVAETokenizer(p["vavae"], vf_dim, perceptual=perceptual, vgg_path=vgg_path,
+                               **({"disc_start": 48} if preset == "tiny" else {}))  # fmt: skip
+    if vavae_ckpt is not None:
+        tokenizer.load_official(vavae_ckpt, latent_stats)
+        tokenizer.trainable = False  # the released tokenizer is used as is
+        tokenizer.requires_grad_(False)
+    c, h, w = tokenizer.latent_shape(image_size)
+    net = LightningDiT_models[p["dit"]](input_size=h, in_channels=c, num_classes=num_classes)
+    generator = FlowMatchingGenerator(net, (c, h, w), num_classes, net_time="data_at_1", t_sampling="logit_normal",
+                                      cos_loss_weight=1.0, label_drop=recipe.label_drop)  # fmt: skip
+    guidance_note = (
+        "official quirk: CFG on the first 3 latent channels only (official_cfg_quirk=True)"
+        if official_cfg_quirk
+        else "common protocol: CFG on all latent channels (official guides channels 0-2 only; official_cfg_quirk=True)"
+    )
+    return Backbone(
+        name="vavae_lightningdit",
+        family="vavae_lightningdit",
+        tokenizer=tokenizer,
+        generator=generator,
+        recipe=recipe,
+        encoder=encoder,
+        notes={
+            "guidance": guidance_note,
+            "guidance_interval": f"released {release}: cfg {RELEASES[release]['guidance']}, on for t <= "
+            f"{1 - RELEASES[release]['cfg_interval_start']:.3f} (t=1 noise), per step for the whole batch",
+            "time_shift": f"official timestep_shift {OFFICIAL_TIMESTEP_SHIFT} (t=0 noise) = shift_time "
+            f"{1 / OFFICIAL_TIMESTEP_SHIFT:.4f} (t=1 noise)",
+            "perceptual": tokenizer.loss_fn.perceptual_kind,
+            "discriminator": "own PatchGAN (LDM NLayerDiscriminator keys), hinge loss",
+            "vf_encoder": "stand-in (not DINOv2)" if preset == "tiny" else p["encoder"],
+            "tokenizer": "released VA-VAE checkpoint" if vavae_ckpt else "trained in stage 1",
+        },
+    )
