@@ -56,8 +56,14 @@ class StandInEncoder(nn.Module):
 class DINOv2Encoder(nn.Module):
     """timm DINOv2 ViT loaded from a local weights file; returns patch tokens [B, 256, D] at 224 px."""
 
-    def __init__(self, name: str = "dinov2-vit-l14", weights: str | os.PathLike | None = None, image_size: int = 224, **timm_kwargs):
+    def __init__(self, name: str = "dinov2-vit-l14", weights: str | os.PathLike | None = None, image_size: int = 224,
+                 preprocess: str = "imagenet", **timm_kwargs):  # fmt: skip
         super().__init__()
+        if preprocess not in ("imagenet", "vavae"):
+            raise ValueError(f"preprocess must be 'imagenet' or 'vavae', got {preprocess!r}")
+        # "imagenet": [0,1] -> bicubic 224 -> ImageNet mean/std (REPA, FAE). "vavae": VA-VAE's VF features are taken
+        # on [-1,1] images resized bilinearly to 224 with no normalisation (hustvl/LightningDiT vavae/ldm).
+        self.preprocess = preprocess
         import timm
 
         if name not in DINOV2_ARCHS:
@@ -91,9 +97,12 @@ class DINOv2Encoder(nn.Module):
         return self.model.embed_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() + 1) / 2
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
-        x = (x - self.mean) / self.std
+        size = (self.image_size, self.image_size)
+        if self.preprocess == "vavae":
+            x = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
+        else:
+            x = F.interpolate((images.float() + 1) / 2, size=size, mode="bicubic", align_corners=False)
+            x = (x - self.mean) / self.std
         tokens = self.model.forward_features(x)  # [B, prefix + 256, D]
         return tokens[:, self.model.num_prefix_tokens :]
 

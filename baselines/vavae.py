@@ -297,7 +297,7 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
     else:
         vf_dim = 1024
         if encoder_weights is not None or os.environ.get("GENBENCH_WEIGHTS"):
-            encoder = build_encoder(p["encoder"], weights=encoder_weights)
+            encoder = build_encoder(p["encoder"], weights=encoder_weights, preprocess="vavae")
             vf_dim = encoder.dim
     tokenizer = VAVAETokenizer(p["vavae"], vf_dim, perceptual=perceptual, vgg_path=vgg_path,
                                **({"disc_start": 48} if preset == "tiny" else {}))  # fmt: skip
