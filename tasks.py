@@ -49,12 +49,13 @@ def test(c, args=""):
     c.run(f"{sys.executable} -m pytest -q {args}", pty=False)
 
 
-@task(help={"extractor": "feature extractor name", "weights": "weights file of the extractor", "metrics": "comma list: fid,sfid,is,prec,rec,kid"})
-def fid(c, samples, ref, extractor="inception-v3-compat", weights="", metrics="fid,sfid,is,prec,rec"):
+@task(help={"extractor": "feature extractor name", "weights": "weights file of the extractor",
+            "metrics": "comma list of fid,sfid,is,prec,rec,kid,fid_ci,fid_inf (default: ADM's set, less what REF cannot provide)"})  # fmt: skip
+def fid(c, samples, ref, extractor="inception-v3-compat", weights="", metrics=""):
     """Score SAMPLES.npz against REF.npz like the ADM evaluator; prints one JSON line."""
     from bench.metrics.cli import main
 
-    argv = [samples, ref, "--extractor", extractor, "--metrics", metrics] + (["--weights", weights] if weights else [])
+    argv = [samples, ref, "--extractor", extractor] + (["--metrics", metrics] if metrics else []) + (["--weights", weights] if weights else [])
     code = main(argv)
     if code:
         raise Exit(code=code)

@@ -75,7 +75,9 @@ class DINOv2Encoder(nn.Module):
                 f"{name}: weights file not found ({path}). Download timm's '{arch}.lvd142m' weights "
                 "(model.safetensors) on a machine with internet and pass its path (--encoder-weights or GENBENCH_WEIGHTS)."
             )
-        self.model = timm.create_model(arch, pretrained=False, img_size=image_size, num_classes=0, **timm_kwargs)
+        # Keep timm's native size (518 px: the released 37x37 position table) so the official file loads strictly;
+        # dynamic_img_size interpolates the table to the 224 px input at run time, as DINOv2 itself does.
+        self.model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True, **timm_kwargs)
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 

@@ -1,0 +1,76 @@
+"""`invoke fid SAMPLES.npz REF.npz [--extractor NAME] [--weights PATH] [--metrics fid,sfid,is,prec,rec]`:
+the standalone counterpart of the ADM evaluator (note the order: samples first). Prints one JSON line.
+
+Exit codes: 0 ok; 2 bad input (missing file, malformed npz, unknown name, missing weights); 3 samples with
+NaN/Inf (the JSON line then carries the counts and the error instead of metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bench.metrics.adm_npz import NonFiniteSamplesError, read_npz
+from bench.metrics.evaluate import ADM_METRICS, evaluate, parse_metrics
+from bench.metrics.extractors import EXTRACTORS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fid", description=__doc__.split("\n\n")[0])
+    p.add_argument("samples", help="sample batch: ADM npz (arr_0 uint8 NHWC), or a folder of npz shards")
+    p.add_argument("reference", help="reference batch: ADM npz with arr_0 and/or mu, sigma, mu_s, sigma_s")
+    p.add_argument("--extractor", default="inception-v3-compat", choices=EXTRACTORS)
+    p.add_argument(
+        "--weights", default=None, help="extractor weights file (else GENBENCH_WEIGHTS / torch hub cache)"
+    )
+    p.add_argument(
+        "--metrics",
+        default="auto",
+        help="comma list of fid,sfid,is,prec,rec,kid,fid_ci,fid_inf; 'auto' = the ADM set the reference allows",
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--boot", type=int, default=200, help="bootstrap replicates for fid_ci")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.metrics == "auto":
+            metrics, skipped = list(ADM_METRICS), []
+            ref = read_npz(args.reference)
+            if not ref.has_images:  # statistics-only reference: precision/recall impossible, as in ADM
+                skipped = ["precision", "recall"]
+            if "mu_s" not in ref.stats and not ref.has_images:
+                skipped.append("sfid")
+            metrics = [m for m in metrics if m not in skipped]
+        else:
+            metrics, skipped = list(parse_metrics(args.metrics)), []
+        out = evaluate(
+            args.samples,
+            args.reference,
+            extractor=args.extractor,
+            metrics=metrics,
+            weights=args.weights,
+            device=args.device,
+            batch_size=args.batch_size,
+            n_boot=args.boot,
+            seed=args.seed,
+        )
+        if skipped:
+            out["skipped"] = skipped
+    except NonFiniteSamplesError as e:
+        print(json.dumps({"error": str(e), "n_samples": e.n_samples, "n_nonfinite": e.n_nonfinite}))
+        return 3
+    except (FileNotFoundError, ValueError) as e:
+        print(f"fid: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
