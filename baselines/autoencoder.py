@@ -454,3 +454,12 @@ class KLTokenizer(_AETokenizer):
         posterior = self.ae.encode(images)
         rec = self.ae.decode(posterior.sample(generator))
         return self.loss_fn(images, rec, posterior, step=step, last_layer=self.ae.decoder.conv_out.weight)
+
+
+def sd_vae_standin(ddconfig_name: str = "tiny-f4") -> KLTokenizer:
+    """The embedded suites' stand-in for SD-VAE: a small KL autoencoder trained in stage 1. Like SD-VAE in the
+    paper protocol it is ONE frozen tokenizer shared by the SD-VAE families (REPA, STARFlow): a suite run trains it
+    once and every backbone with the same `shared_key` reuses it."""
+    tok = KLTokenizer(ddconfig_name)
+    tok.shared_key = f"sd-vae-standin-{ddconfig_name}"
+    return tok

@@ -39,7 +39,7 @@ PRESETS = {
 
 
 def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, image_size: int | None = None, sd_vae: str | None = None, encoder_weights: str | None = None, **_) -> Backbone:
-    from baselines.autoencoder import KLTokenizer, SDVAETokenizer
+    from baselines.autoencoder import SDVAETokenizer, sd_vae_standin
     from baselines.encoders import build_encoder
 
     if preset not in PRESETS:
@@ -48,8 +48,7 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
     num_classes = num_classes or p["num_classes"]
     image_size = image_size or p["image_size"]
     if preset == "tiny":
-        tokenizer = KLTokenizer("tiny-f4")
-        tokenizer.shared_key = "sd-vae-standin-tiny-f4"  # plays SD-VAE's role: one frozen tokenizer for REPA and STARFlow
+        tokenizer = sd_vae_standin("tiny-f4")
     else:
         if sd_vae is None:
             raise FileNotFoundError("REPA paper preset needs a local SD-VAE ft-MSE diffusers folder (--sd-vae PATH)")

@@ -1105,7 +1105,7 @@ def build_backbone(
     K = spec["classes"] if num_classes is None else int(num_classes)
     image_size = spec["image_size"] if image_size is None else int(image_size)
     if preset == "tiny":
-        tokenizer = autoencoder.KLTokenizer("tiny-f4")
+        tokenizer = autoencoder.sd_vae_standin("tiny-f4")
     else:
         if vae_folder is None:
             raise ValueError(
