@@ -1,5 +1,5 @@
-"""Scoring generated images against a suite's reference: the suite's feature extractor, Frechet distance in
-float64 (bench.metrics), plus the extras a suite asks for. Reference features are computed once per run."""
+"""Scoring generated images inside a suite run: the suite's reference set and extractor, through the same
+`bench.metrics.evaluate` that `invoke fid` uses. Reference features are computed once per run."""
 
 from __future__ import annotations
 
@@ -8,40 +8,26 @@ import numpy as np
 from bench.data import embedded_images
 from bench.progress import log
 
-
-class Reference:
-    """Real-image features of a suite under one extractor: pool features and their (mu, sigma)."""
-
-    def __init__(self, extractor_name: str, features: dict[str, np.ndarray]):
-        from bench.metrics import statistics
-
-        self.extractor_name = extractor_name
-        self.features = features
-        self.mu, self.sigma = statistics(features["pool"])
-
-    @classmethod
-    def for_suite(cls, suite, extractor) -> Reference:
-        if suite.data != "embedded":
-            raise ValueError(f"suite {suite.name}: reference statistics come from its ADM reference batch, not embedded data")
-        images, _ = embedded_images(suite.image_size, suite.n_ref_per_class, "ref", num_classes=suite.num_classes)
-        log.info(f"reference: {len(images)} real held-out crops, extractor {extractor.name}")
-        return cls(extractor.name, extractor.features(images))
+_BOOKKEEPING = ("n_samples", "n_ref", "n_nonfinite", "extractor")
 
 
-def score(images: np.ndarray, reference: Reference, extractor, metrics=("fid",), n_nonfinite: int = 0) -> dict[str, float]:
+def suite_reference(suite, extractor):
+    """Real held-out images of an embedded suite in the extractor's feature space (features kept for P/R, KID)."""
+    from bench.metrics import compute_reference
+
+    if suite.data != "embedded":
+        raise ValueError(f"suite {suite.name}: reference statistics come from its ADM reference batch, not embedded data")
+    images, _ = embedded_images(suite.image_size, suite.n_ref_per_class, "ref", num_classes=suite.num_classes)
+    log.info(f"reference: {len(images)} real held-out crops, extractor {extractor.name}")
+    need = any(m in ("precision", "recall", "kid") for m in suite.metrics)
+    return compute_reference(images, extractor, need_features=need)
+
+
+def score(images: np.ndarray, reference, extractor, metrics=("fid",), n_nonfinite: int = 0) -> dict[str, float]:
     """Metrics of uint8 NHWC samples. Refuses (ValueError) when any sample was non-finite."""
-    from bench.metrics import frechet_distance, statistics
+    from bench.metrics import evaluate
 
     if n_nonfinite:
         raise ValueError(f"{n_nonfinite} of {len(images)} samples are NaN/Inf; refusing to compute {', '.join(metrics)}")
-    feats = extractor.features(images)
-    out: dict[str, float] = {}
-    if "fid" in metrics:
-        mu, sigma = statistics(feats["pool"])
-        out["fid"] = frechet_distance(mu, sigma, reference.mu, reference.sigma)
-    if "precision" in metrics or "recall" in metrics:
-        from bench.metrics import precision_recall
-
-        p, r = precision_recall(reference.features["pool"], feats["pool"])
-        out.update(precision=p, recall=r)
-    return out
+    out = evaluate(images, reference, extractor=extractor, metrics=metrics)
+    return {k: float(v) for k, v in out.items() if k not in _BOOKKEEPING}

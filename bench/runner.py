@@ -53,7 +53,7 @@ SUMMARY_HEADERS = ["backbone", "first FID", "last FID", "epochs", "bits/dim", "t
 
 
 def run_bench(suite_name: str = "smoke", backbones: str | None = None, out: str = "results", seed: int = 0, device: str = "cpu", run_id: str | None = None) -> int:
-    from bench.evaluate import Reference
+    from bench.evaluate import suite_reference
     from bench.metrics import get_extractor
     from bench.train import BackboneRun, backbone_config
 
@@ -66,7 +66,7 @@ def run_bench(suite_name: str = "smoke", backbones: str | None = None, out: str 
     log.info(f"genbench: suite {suite.name}, backbones {', '.join(names)}, run {store.dir}")
     torch.manual_seed(seed)
     extractor = get_extractor(suite.extractor, device=device)
-    reference = Reference.for_suite(suite, extractor)
+    reference = suite_reference(suite, extractor)
     failed = []
     t0 = time.perf_counter()
     for name in names:
