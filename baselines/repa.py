@@ -14,7 +14,14 @@ import torch
 
 from baselines.api import Backbone, Recipe
 from baselines.sit import SiT, SiT_configs
-from baselines.transport import FlowMatchingGenerator, euler_maruyama, euler_ode, interpolant, projection_loss, score_from_velocity
+from baselines.transport import (
+    FlowMatchingGenerator,
+    euler_maruyama,
+    euler_ode,
+    interpolant,
+    projection_loss,
+    score_from_velocity,
+)
 
 PAPER_RECIPE = Recipe(
     lr=1e-4,

@@ -9,6 +9,8 @@ Time t in [0, 1] is fed unscaled; t = 1 is noise (REPA convention, see baselines
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -179,4 +181,4 @@ SiT_configs: dict[str, dict] = {
     "S/2": dict(depth=12, hidden_size=384, decoder_hidden_size=384, num_heads=6, patch_size=2, encoder_depth=4),
     "tiny": dict(depth=4, hidden_size=128, decoder_hidden_size=128, num_heads=4, patch_size=2, encoder_depth=2, projector_dim=256),
 }
-SiT_models = {name: (lambda cfg: lambda **kw: SiT(**{**cfg, **kw}))(cfg) for name, cfg in SiT_configs.items()}
+SiT_models = {name: functools.partial(SiT, **cfg) for name, cfg in SiT_configs.items()}  # call with overrides

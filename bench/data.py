@@ -19,7 +19,7 @@ EMBEDDED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_fiel
 _SPLIT_SEED = {"train": 0, "test": 1_000_003, "ref": 2_000_029}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name: str) -> np.ndarray:
     import skimage.data
 

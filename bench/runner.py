@@ -34,8 +34,8 @@ def summary_rows(rows: list[dict], names) -> list[list]:
     for name in names:
         mine = [r for r in rows if r["backbone"] == name]
 
-        def last(metric, phase=None):
-            cand = [r for r in mine if r["metric"] == metric and (phase is None or r["phase"] == phase) and r["value"] is not None]
+        def last(metric, mine=mine):
+            cand = [r for r in mine if r["metric"] == metric and r["value"] is not None]
             return cand[-1]["value"] if cand else None
 
         fids = [r for r in mine if r["metric"] == "fid"]

@@ -11,6 +11,7 @@ import copy
 import math
 import time
 from dataclasses import asdict
+
 import torch
 
 from baselines.api import Backbone, build_backbone, sample_seed

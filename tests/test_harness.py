@@ -12,6 +12,7 @@ from bench.report import main as report_main
 from bench.runner import run_bench
 from bench.store import RunStore, read_metrics
 from bench.train import BackboneRun
+
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
