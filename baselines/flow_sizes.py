@@ -232,14 +232,14 @@ def _cmd_jacobi_bench(args) -> int:
 def smoke_fid(run_dir: Path, jac: dict[str, Any], n: int = 256) -> dict[str, Any]:
     """FID (suite extractor) of sequential / Jacobi / Jacobi-at-tol-0 samples of the flows of a finished smoke run."""
     from bench.data import embedded_images, to_model_range
-    from bench.evaluate import Reference, score
+    from bench.evaluate import score, suite_reference
     from bench.metrics import get_extractor
     from bench.sample import generate
     from bench.suites import SMOKE
     from bench.train import make_backbone
 
     ext = get_extractor(SMOKE.extractor)
-    ref = Reference.for_suite(SMOKE, ext)
+    ref = suite_reference(SMOKE, ext)
     res: dict[str, Any] = {"run": str(run_dir), "n_samples": n, "extractor": ext.name}
     for name in ("starflow", "tarflow"):
         if not (run_dir / name / "stage2.pt").is_file():
@@ -249,9 +249,9 @@ def smoke_fid(run_dir: Path, jac: dict[str, Any], n: int = 256) -> dict[str, Any
         if (
             bb.tokenizer.trainable
         ):  # stage-1 weights, then the latent statistics exactly as train_generator sets them
-            bb.tokenizer.load_state_dict(
-                torch.load(run_dir / name / "stage1.pt", weights_only=True)["tokenizer"]
-            )
+            key = bb.tokenizer.shared_key  # a shared tokenizer (SD-VAE stand-in) lives in the run's _shared/
+            stage1 = run_dir / "_shared" / f"{key}.pt" if key else run_dir / name / "stage1.pt"
+            bb.tokenizer.load_state_dict(torch.load(stage1, weights_only=True)["tokenizer"])
             img, _ = embedded_images(
                 SMOKE.image_size, SMOKE.n_train_per_class, "train", num_classes=SMOKE.num_classes
             )
