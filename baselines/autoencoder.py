@@ -394,7 +394,7 @@ def load_diffusers_vae(folder: str | Path) -> AutoencoderKL:
 # --- tokenizers -------------------------------------------------------------------------------------------
 
 
-class _AETokenizer(Tokenizer):
+class AETokenizer(Tokenizer):
     """Shared image <-> latent plumbing around an AutoencoderKL stored as `self.ae`."""
 
     ae: AutoencoderKL
@@ -414,7 +414,7 @@ class _AETokenizer(Tokenizer):
         return (self.ae.embed_dim, image_size // f, image_size // f)
 
 
-class SDVAETokenizer(_AETokenizer):
+class SDVAETokenizer(AETokenizer):
     """Frozen SD-VAE from a local diffusers folder; latents scaled by the folder's scaling_factor (0.18215)."""
 
     trainable = False
@@ -431,7 +431,7 @@ class SDVAETokenizer(_AETokenizer):
         return self
 
 
-class KLTokenizer(_AETokenizer):
+class KLTokenizer(AETokenizer):
     """A trainable LDM KL autoencoder (stage 1): L1 (+ perceptual, + PatchGAN) reconstruction + kl_weight * KL.
 
     Loss scale follows LDM's LPIPSWithDiscriminator: reconstruction and KL are summed per image and averaged

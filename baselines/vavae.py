@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.api import Backbone, Recipe, Tokenizer
-from baselines.autoencoder import AE_CONFIGS, AutoencoderKL, _dd
+from baselines.api import Backbone, Recipe
+from baselines.autoencoder import AE_CONFIGS, AETokenizer, AutoencoderKL, _dd
 from baselines.losses import VAELoss
 
 # --- model ------------------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ OFFICIAL_LOSS = dict(kl_weight=1e-6, disc_weight=0.5, disc_start=5001, perceptua
                      adaptive_vf=True, distmat_margin=0.25, cos_margin=0.5, distmat_weight=1.0, cos_weight=1.0)  # fmt: skip
 
 
-class VAVAETokenizer(Tokenizer):
+class VAVAETokenizer(AETokenizer):
     """The VA-VAE as a Tokenizer. `loss(images, features, step)` is the official generator-side loss plus the
     discriminator's hinge loss in single-scalar form (see baselines/losses.py); `features` are the frozen
     foundation model's patch tokens [B, h*w, D] of the same images."""
@@ -109,22 +109,6 @@ class VAVAETokenizer(Tokenizer):
             disc_weight=self.hp["disc_weight"], disc_start=self.hp["disc_start"], perceptual=perceptual,
             vgg_path=vgg_path, disc_ndf=disc_ndf, disc_layers=disc_layers,
         )  # fmt: skip
-
-    # image <-> latent
-    def encode(self, images, features=None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """images [B,3,H,W] -> posterior mean [B,E,H/f,W/f], or a posterior sample with `generator` (the official
-        extract_features.py stores samples)."""
-        posterior = self.ae.encode(images)
-        return posterior.mean if generator is None else posterior.sample(generator)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.ae.decode(latents)
-
-    def latent_shape(self, image_size: int) -> tuple[int, ...]:
-        f = self.ae.downsample_factor
-        if image_size % f:
-            raise ValueError(f"image size {image_size} is not divisible by the downsampling factor {f}")
-        return (self.ae.embed_dim, image_size // f, image_size // f)
 
     # stage 1
     def loss(self, images, features=None, step: int = 0, generator: torch.Generator | None = None):
