@@ -55,13 +55,24 @@ def fid(c, samples, ref, extractor="inception-v3-compat", weights="", metrics=""
     """Score SAMPLES.npz against REF.npz like the ADM evaluator; prints one JSON line."""
     from bench.metrics.cli import main
 
-    argv = [samples, ref, "--extractor", extractor] + (["--metrics", metrics] if metrics else []) + (["--weights", weights] if weights else [])
+    argv = (
+        [samples, ref, "--extractor", extractor]
+        + (["--metrics", metrics] if metrics else [])
+        + (["--weights", weights] if weights else [])
+    )
     code = main(argv)
     if code:
         raise Exit(code=code)
 
 
-@task(help={"static": "compile for sm_90 on CPU and read the cubins", "latency": "GPU latency", "json": "write results here", "compare": "baseline JSON to gate against"})
+@task(
+    help={
+        "static": "compile for sm_90 on CPU and read the cubins",
+        "latency": "GPU latency",
+        "json": "write results here",
+        "compare": "baseline JSON to gate against",
+    }
+)
 def kernels(c, static=False, latency=False, json="", compare=""):
     """Triton kernels: static cost gate (CPU) or latency against eager/compile and the roofline (GPU)."""
     from bench.kernels import main

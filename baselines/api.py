@@ -50,7 +50,9 @@ class Tokenizer(nn.Module):
     def latent_shape(self, image_size: int) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def loss(self, images: torch.Tensor, features: torch.Tensor | None = None, step: int = 0) -> dict[str, torch.Tensor]:
+    def loss(
+        self, images: torch.Tensor, features: torch.Tensor | None = None, step: int = 0
+    ) -> dict[str, torch.Tensor]:
         """Stage-1 loss: dict with 'loss' (the scalar to minimise) and named parts to log."""
         raise NotImplementedError(f"{type(self).__name__} is not trainable")
 
@@ -131,7 +133,9 @@ class Recipe:
     warmup_steps: int = 0
     min_lr: float = 0.0
     ema_decay: float = 0.9999
-    ema_warmup: bool = False  # decay_k = min(ema_decay, (1 + k) / (10 + k)): short runs don't average in the init
+    ema_warmup: bool = (
+        False  # decay_k = min(ema_decay, (1 + k) / (10 + k)): short runs don't average in the init
+    )
     grad_clip: float | None = None
     label_drop: float = 0.1
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (CUDA only)
@@ -164,7 +168,9 @@ class Backbone:
     generator: Generator
     recipe: Recipe
     encoder: nn.Module | None = None  # frozen feature encoder (REPA target, VA-VAE VF target, FAE input)
-    notes: dict[str, Any] = field(default_factory=dict)  # choices the report must show (e.g. CFG quirk on/off)
+    notes: dict[str, Any] = field(
+        default_factory=dict
+    )  # choices the report must show (e.g. CFG quirk on/off)
 
     def features(self, images: torch.Tensor) -> torch.Tensor | None:
         """Frozen-encoder patch features [B, T, D] of images in [-1,1], or None without an encoder."""
@@ -175,7 +181,11 @@ class Backbone:
 
     @torch.no_grad()
     def sample_images(
-        self, labels: torch.Tensor, noise: torch.Tensor, generators: list[torch.Generator] | None = None, **sampler
+        self,
+        labels: torch.Tensor,
+        noise: torch.Tensor,
+        generators: list[torch.Generator] | None = None,
+        **sampler,
     ) -> torch.Tensor:
         """Generate images [B,3,H,W] in [-1,1] (clamped) for labels; noise/generators as in Generator.sample."""
         z = self.generator.sample(labels, noise, generators=generators, **{**self.recipe.sampler, **sampler})
@@ -202,16 +212,24 @@ def build_backbone(name: str, preset: str = "tiny", **options: Any) -> Backbone:
 
 def sample_seed(run_seed: int, index: int) -> int:
     """Seed of sample `index` in a run: a fixed mix of (run seed, index), independent of batching."""
-    x = (int(run_seed) * 0x9E3779B97F4A7C15 + int(index) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
+    x = (int(run_seed) * 0x9E3779B97F4A7C15 + int(index) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (
+        1 << 64
+    )
     x ^= x >> 31
     x = (x * 0xD6E8FEB86659FD93) % (1 << 64)
     return x ^ (x >> 32)
 
 
 def sample_generators(run_seed: int, indices, device: str | torch.device = "cpu") -> list[torch.Generator]:
-    return [torch.Generator(device=device).manual_seed(sample_seed(run_seed, int(i)) % (1 << 63)) for i in indices]
+    return [
+        torch.Generator(device=device).manual_seed(sample_seed(run_seed, int(i)) % (1 << 63)) for i in indices
+    ]
 
 
-def randn_per_sample(generators: list[torch.Generator], shape: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
+def randn_per_sample(
+    generators: list[torch.Generator], shape: tuple[int, ...], device=None, dtype=torch.float32
+) -> torch.Tensor:
     """One standard-normal draw of `shape` per sample, each from that sample's own generator -> [B, *shape]."""
-    return torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in generators]).to(device or generators[0].device)
+    return torch.stack(
+        [torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in generators]
+    ).to(device or generators[0].device)

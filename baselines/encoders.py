@@ -40,7 +40,10 @@ class StandInEncoder(nn.Module):
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in self.net.parameters():  # seeded init: identical encoder in every process and run
-                p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p[0].numel()) ** 0.5 if p.ndim > 1 else 0.01))
+                p.copy_(
+                    torch.randn(p.shape, generator=g)
+                    * (1.0 / max(1, p[0].numel()) ** 0.5 if p.ndim > 1 else 0.01)
+                )
         self.requires_grad_(False)
         self.eval()
 
@@ -77,7 +80,9 @@ class DINOv2Encoder(nn.Module):
             )
         # Keep timm's native size (518 px: the released 37x37 position table) so the official file loads strictly;
         # dynamic_img_size interpolates the table to the 224 px input at run time, as DINOv2 itself does.
-        self.model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True, **timm_kwargs)
+        self.model = timm.create_model(
+            arch, pretrained=False, num_classes=0, dynamic_img_size=True, **timm_kwargs
+        )
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 

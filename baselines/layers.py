@@ -15,13 +15,17 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
         self.frequency_embedding_size = frequency_embedding_size
 
     @staticmethod
     def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        freqs = torch.exp(
+            -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        )
         args = t[:, None].float() * freqs[None]
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         if dim % 2:
@@ -29,7 +33,9 @@ class TimestepEmbedder(nn.Module):
         return emb.to(t.dtype)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:  # [B] -> [B, D]
-        return self.mlp(self.timestep_embedding(t, self.frequency_embedding_size).to(self.mlp[0].weight.dtype))
+        return self.mlp(
+            self.timestep_embedding(t, self.frequency_embedding_size).to(self.mlp[0].weight.dtype)
+        )
 
 
 class LabelEmbedder(nn.Module):
@@ -48,7 +54,9 @@ class LabelEmbedder(nn.Module):
 def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
     """MAE/DiT table [grid*grid, D]: first D/2 channels encode the COLUMN, last D/2 the ROW (numpy meshgrid puts
     w first); each half is [sin(pos w_k), cos(pos w_k)] with w_k = 10000^(-k/(D/4))."""
-    grid_w, grid_h = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64))
+    grid_w, grid_h = np.meshgrid(
+        np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64)
+    )
 
     def one_d(dim: int, pos: np.ndarray) -> np.ndarray:
         omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))

@@ -97,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     ok = True
     for case_dir in args.cases:
-        missing = [f for f in ("config.json", "weights.safetensors", "io.safetensors") if not (case_dir / f).is_file()]
+        missing = [
+            f
+            for f in ("config.json", "weights.safetensors", "io.safetensors")
+            if not (case_dir / f).is_file()
+        ]
         if missing:
             print(f"{case_dir.name} - missing {', '.join(missing)} in {case_dir} FAIL")
             ok = False

@@ -40,12 +40,22 @@ PAPER_RECIPE = Recipe(
 
 PRESETS = {
     # preset: (SiT config, image size, latent channels, encoder)
-    "XL/2": dict(sit="XL/2", image_size=256, num_classes=1000, encoder="dinov2-vit-b14", z_dim=768, projector_dim=2048),
+    "XL/2": dict(
+        sit="XL/2", image_size=256, num_classes=1000, encoder="dinov2-vit-b14", z_dim=768, projector_dim=2048
+    ),
     "tiny": dict(sit="tiny", image_size=32, num_classes=8, encoder="standin", z_dim=64, projector_dim=256),
 }
 
 
-def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, image_size: int | None = None, sd_vae: str | None = None, encoder_weights: str | None = None, **_) -> Backbone:
+def build_backbone(
+    preset: str = "tiny",
+    *,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    sd_vae: str | None = None,
+    encoder_weights: str | None = None,
+    **_,
+) -> Backbone:
     from baselines.autoencoder import SDVAETokenizer, sd_vae_standin
     from baselines.encoders import build_encoder
 
@@ -58,7 +68,9 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
         tokenizer = sd_vae_standin("tiny-f4")
     else:
         if sd_vae is None:
-            raise FileNotFoundError("REPA paper preset needs a local SD-VAE ft-MSE diffusers folder (--sd-vae PATH)")
+            raise FileNotFoundError(
+                "REPA paper preset needs a local SD-VAE ft-MSE diffusers folder (--sd-vae PATH)"
+            )
         tokenizer = SDVAETokenizer(sd_vae)
     c, h, w = tokenizer.latent_shape(image_size)
     cfg = SiT_configs[p["sit"]]
@@ -67,8 +79,16 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
         encoder = build_encoder("standin", dim=p["z_dim"], grid=grid)
     else:
         encoder = build_encoder(p["encoder"], weights=encoder_weights)
-    net = SiT(input_size=h, in_channels=c, num_classes=num_classes, z_dims=(p["z_dim"],), **{**cfg, "projector_dim": p["projector_dim"]})
-    generator = FlowMatchingGenerator(net, (c, h, w), num_classes, proj_coeff=0.5, label_drop=PAPER_RECIPE.label_drop)
+    net = SiT(
+        input_size=h,
+        in_channels=c,
+        num_classes=num_classes,
+        z_dims=(p["z_dim"],),
+        **{**cfg, "projector_dim": p["projector_dim"]},
+    )
+    generator = FlowMatchingGenerator(
+        net, (c, h, w), num_classes, proj_coeff=0.5, label_drop=PAPER_RECIPE.label_drop
+    )
     return Backbone(
         name="repa",
         family="repa_sit",
@@ -76,7 +96,10 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
         generator=generator,
         recipe=PAPER_RECIPE,
         encoder=encoder,
-        notes={"guidance": "CFG on all channels, interval t <= 0.7 (t=1 noise)", "alignment": f"block {cfg['encoder_depth']}, coefficient 0.5"},
+        notes={
+            "guidance": "CFG on all channels, interval t <= 0.7 (t=1 noise)",
+            "alignment": f"block {cfg['encoder_depth']}, coefficient 0.5",
+        },
     )
 
 
@@ -136,7 +159,12 @@ def _velocity_fn(model, y):
 def _euler(prefix: str):
     def run(model, io, call, config):
         args = call.get("args", {})
-        x = euler_ode(_velocity_fn(model, io[f"{prefix}.y"]), io[f"{prefix}.latents"], int(args.get("num_steps", 4)), heun=bool(args.get("heun", False)))
+        x = euler_ode(
+            _velocity_fn(model, io[f"{prefix}.y"]),
+            io[f"{prefix}.latents"],
+            int(args.get("num_steps", 4)),
+            heun=bool(args.get("heun", False)),
+        )
         return {f"{prefix}.out": x.float()}
 
     return run
@@ -145,7 +173,9 @@ def _euler(prefix: str):
 def _em_sample(model, io, call, config):
     steps = int(call.get("args", {}).get("num_steps", 4))
     noise = io["em_sample.noise"]
-    x = euler_maruyama(_velocity_fn(model, io["em_sample.y"]), io["em_sample.latents"], steps, lambda i: noise[i])
+    x = euler_maruyama(
+        _velocity_fn(model, io["em_sample.y"]), io["em_sample.latents"], steps, lambda i: noise[i]
+    )
     return {"em_sample.out": x.float()}
 
 

@@ -39,7 +39,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, T, D]
         b, t, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, hd]
+        q, k, v = (
+            self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        )  # 3 x [B, H, T, hd]
         x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
         return self.proj(x.transpose(1, 2).reshape(b, t, d))
 
@@ -58,14 +60,18 @@ class SiTBlock(nn.Module):
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
         super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)  # kept for the official layout
+        self.norm1 = nn.LayerNorm(
+            hidden_size, elementwise_affine=False, eps=1e-6
+        )  # kept for the official layout
         self.attn = Attention(hidden_size, num_heads, qk_norm)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # x [B, T, D], c [B, D]
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
+            6, dim=-1
+        )
         x = x + gate_msa.unsqueeze(1) * self.attn(ops.modulated_layernorm(x, shift_msa, scale_msa, 1e-6))
         return x + gate_mlp.unsqueeze(1) * self.mlp(ops.modulated_layernorm(x, shift_mlp, scale_mlp, 1e-6))
 
@@ -117,7 +123,9 @@ class SiT(nn.Module):
         super().__init__()
         if decoder_hidden_size != hidden_size:
             # The official final layer is sized by decoder_hidden_size but receives hidden_size tokens.
-            raise ValueError(f"decoder_hidden_size ({decoder_hidden_size}) must equal hidden_size ({hidden_size})")
+            raise ValueError(
+                f"decoder_hidden_size ({decoder_hidden_size}) must equal hidden_size ({hidden_size})"
+            )
         if not 1 <= encoder_depth <= depth:
             raise ValueError(f"encoder_depth must be in [1, depth={depth}], got {encoder_depth}")
         self.in_channels = self.out_channels = in_channels
@@ -128,7 +136,9 @@ class SiT(nn.Module):
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         num_patches = (input_size // patch_size) ** 2
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
-        self.blocks = nn.ModuleList([SiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth)])
+        self.blocks = nn.ModuleList(
+            [SiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth)]
+        )
         self.projectors = nn.ModuleList([build_mlp(hidden_size, projector_dim, z) for z in z_dims])
         self.final_layer = FinalLayer(decoder_hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
@@ -145,7 +155,9 @@ class SiT(nn.Module):
         self.apply(_basic)
         if self.pos_embed.device.type != "meta":
             grid = int(round(self.pos_embed.shape[1] ** 0.5))
-            self.pos_embed.data.copy_(torch.from_numpy(get_2d_sincos_pos_embed(self.hidden_size, grid)).float()[None])
+            self.pos_embed.data.copy_(
+                torch.from_numpy(get_2d_sincos_pos_embed(self.hidden_size, grid)).float()[None]
+            )
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
@@ -167,7 +179,9 @@ class SiT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, c)
             if i + 1 == self.encoder_depth:
-                zs = [proj(x.reshape(-1, d)).reshape(b, tokens, -1) for proj in self.projectors]  # [B, T, z_dim] each
+                zs = [
+                    proj(x.reshape(-1, d)).reshape(b, tokens, -1) for proj in self.projectors
+                ]  # [B, T, z_dim] each
         x = self.final_layer(x, c)  # [B, T, p*p*C]
         return unpatchify(x, self.patch_size, self.out_channels), zs
 
@@ -175,10 +189,26 @@ class SiT(nn.Module):
 # Presets (REPA models/sit.py SiT_models; encoder_depth as REPA's scripts use it: 8 for XL/L, 4 for B/S).
 # `tiny` is ours: 8x8x4 latents of the embedded CPU suites, 16 tokens at patch 2.
 SiT_configs: dict[str, dict] = {
-    "XL/2": dict(depth=28, hidden_size=1152, decoder_hidden_size=1152, num_heads=16, patch_size=2, encoder_depth=8),
-    "L/2": dict(depth=24, hidden_size=1024, decoder_hidden_size=1024, num_heads=16, patch_size=2, encoder_depth=8),
-    "B/2": dict(depth=12, hidden_size=768, decoder_hidden_size=768, num_heads=12, patch_size=2, encoder_depth=4),
-    "S/2": dict(depth=12, hidden_size=384, decoder_hidden_size=384, num_heads=6, patch_size=2, encoder_depth=4),
-    "tiny": dict(depth=4, hidden_size=128, decoder_hidden_size=128, num_heads=4, patch_size=2, encoder_depth=2, projector_dim=256),
+    "XL/2": dict(
+        depth=28, hidden_size=1152, decoder_hidden_size=1152, num_heads=16, patch_size=2, encoder_depth=8
+    ),
+    "L/2": dict(
+        depth=24, hidden_size=1024, decoder_hidden_size=1024, num_heads=16, patch_size=2, encoder_depth=8
+    ),
+    "B/2": dict(
+        depth=12, hidden_size=768, decoder_hidden_size=768, num_heads=12, patch_size=2, encoder_depth=4
+    ),
+    "S/2": dict(
+        depth=12, hidden_size=384, decoder_hidden_size=384, num_heads=6, patch_size=2, encoder_depth=4
+    ),
+    "tiny": dict(
+        depth=4,
+        hidden_size=128,
+        decoder_hidden_size=128,
+        num_heads=4,
+        patch_size=2,
+        encoder_depth=2,
+        projector_dim=256,
+    ),
 }
 SiT_models = {name: functools.partial(SiT, **cfg) for name, cfg in SiT_configs.items()}  # call with overrides

@@ -22,7 +22,11 @@ from baselines.api import Generator, randn_per_sample
 
 
 def _bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype) if torch.is_tensor(t) and t.ndim else torch.as_tensor(t, dtype=x.dtype)
+    return (
+        t.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        if torch.is_tensor(t) and t.ndim
+        else torch.as_tensor(t, dtype=x.dtype)
+    )
 
 
 def interpolant(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +50,9 @@ def score_from_velocity(v: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> to
     return ((tb - 1) * v - x) / tb
 
 
-def guidance_scale_at(t: float, guidance: float, interval: Sequence[float] | None, schedule: Sequence[Sequence[float]] | None) -> float:
+def guidance_scale_at(
+    t: float, guidance: float, interval: Sequence[float] | None, schedule: Sequence[Sequence[float]] | None
+) -> float:
     """Guidance scale at time t (t = 1 noise). A schedule [(lo, hi, w), ...] wins over (guidance, interval);
     outside every segment / the interval the scale is 1 (no guidance)."""
     if schedule:
@@ -62,7 +68,9 @@ def guidance_scale_at(t: float, guidance: float, interval: Sequence[float] | Non
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x float64 state, t) -> velocity
 
 
-def euler_ode(velocity: VelocityFn, x: torch.Tensor, steps: int, *, heun: bool = False, shift: float = 1.0) -> torch.Tensor:
+def euler_ode(
+    velocity: VelocityFn, x: torch.Tensor, steps: int, *, heun: bool = False, shift: float = 1.0
+) -> torch.Tensor:
     """Euler (or Heun) integration of dx/dt = v from t = 1 to 0 on linspace(1, 0, steps + 1) (shifted).
     State kept in float64 as in the official sampler."""
     ts = shift_time(torch.linspace(1, 0, steps + 1, dtype=torch.float64), shift).tolist()
@@ -78,7 +86,13 @@ def euler_ode(velocity: VelocityFn, x: torch.Tensor, steps: int, *, heun: bool =
 
 
 def euler_maruyama(
-    velocity: VelocityFn, x: torch.Tensor, steps: int, noise: Callable[[int], torch.Tensor], *, shift: float = 1.0, t_last: float = 0.04
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    steps: int,
+    noise: Callable[[int], torch.Tensor],
+    *,
+    shift: float = 1.0,
+    t_last: float = 0.04,
 ) -> torch.Tensor:
     """Euler-Maruyama for the reverse SDE with diffusion g = 2 t on grid linspace(1, t_last, steps) + [0];
     `noise(i)` gives the standard-normal draw of stochastic step i; the last step (t_last -> 0) is the mean."""
@@ -136,11 +150,11 @@ class FlowMatchingGenerator(Generator):
     def velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_zs: bool = False):
         if self.net_time == "data_at_1":
             out = self.net(x, 1 - t, y)
-            v, zs = (out if isinstance(out, tuple) else (out, None))
+            v, zs = out if isinstance(out, tuple) else (out, None)
             v = -v
         else:
             out = self.net(x, t, y)
-            v, zs = (out if isinstance(out, tuple) else (out, None))
+            v, zs = out if isinstance(out, tuple) else (out, None)
         return (v, zs) if return_zs else v
 
     def _draw_t(self, n: int, device, generator) -> torch.Tensor:
@@ -217,17 +231,39 @@ class FlowMatchingGenerator(Generator):
             if generators is None:
                 raise ValueError("SDE sampling needs per-sample generators")
             x = euler_maruyama(
-                velocity, noise, steps, lambda i: randn_per_sample(generators, tuple(noise.shape[1:]), device=noise.device), shift=time_shift, t_last=t_last
+                velocity,
+                noise,
+                steps,
+                lambda i: randn_per_sample(generators, tuple(noise.shape[1:]), device=noise.device),
+                shift=time_shift,
+                t_last=t_last,
             )
         return x.to(noise.dtype)
 
-    def nfe(self, *, mode: str = "ode", steps: int = 250, guidance: float = 1.0, guidance_interval=None, guidance_schedule=None, heun: bool = False, time_shift: float = 1.0, t_last: float = 0.04, **_):
+    def nfe(
+        self,
+        *,
+        mode: str = "ode",
+        steps: int = 250,
+        guidance: float = 1.0,
+        guidance_interval=None,
+        guidance_schedule=None,
+        heun: bool = False,
+        time_shift: float = 1.0,
+        t_last: float = 0.04,
+        **_,
+    ):
         if mode == "ode":
             ts = shift_time(torch.linspace(1, 0, steps + 1, dtype=torch.float64), time_shift).tolist()
             evals = [ts[i] for i in range(steps)] + ([ts[i + 1] for i in range(steps - 1)] if heun else [])
         else:
             evals = shift_time(torch.linspace(1, t_last, steps, dtype=torch.float64), time_shift).tolist()
-        return int(sum(2 if guidance_scale_at(t, guidance, guidance_interval, guidance_schedule) != 1.0 else 1 for t in evals))
+        return int(
+            sum(
+                2 if guidance_scale_at(t, guidance, guidance_interval, guidance_schedule) != 1.0 else 1
+                for t in evals
+            )
+        )
 
     def flops_per_image(self) -> float:
         if hasattr(self.net, "flops_per_image"):
@@ -240,7 +276,9 @@ def projection_loss(zs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor])
     total = 0.0
     for z, f in zip(zs, targets):
         if z.shape[:2] != f.shape[:2]:
-            raise ValueError(f"projected tokens {tuple(z.shape)} and encoder tokens {tuple(f.shape)} disagree in batch/token count")
+            raise ValueError(
+                f"projected tokens {tuple(z.shape)} and encoder tokens {tuple(f.shape)} disagree in batch/token count"
+            )
         total = total + (-(F.normalize(z.float(), dim=-1) * F.normalize(f.float(), dim=-1)).sum(-1)).mean()
     return total / len(zs)
 

@@ -15,7 +15,16 @@ import numpy as np
 import torch
 
 # Colour photographs bundled inside scikit-image itself (no pooch download needed).
-EMBEDDED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "motorcycle")
+EMBEDDED_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "motorcycle",
+)
 _SPLIT_SEED = {"train": 0, "test": 1_000_003, "ref": 2_000_029}
 
 
@@ -39,7 +48,9 @@ def _rescaled(name: str, short_side: int) -> torch.Tensor:
     h, w = img.shape[-2:]
     s = short_side / min(h, w)
     size = (max(short_side, round(h * s)), max(short_side, round(w * s)))
-    return torch.nn.functional.interpolate(img, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    return torch.nn.functional.interpolate(
+        img, size=size, mode="bilinear", antialias=True, align_corners=False
+    )[0]
 
 
 def embedded_images(
@@ -117,7 +128,12 @@ class ImageFolder(torch.utils.data.Dataset):
         classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         if not classes:
             raise FileNotFoundError(f"no class sub-folders in {self.root}")
-        self.files = [(f, i) for i, c in enumerate(classes) for f in sorted((self.root / c).iterdir()) if f.suffix in self.EXTS]
+        self.files = [
+            (f, i)
+            for i, c in enumerate(classes)
+            for f in sorted((self.root / c).iterdir())
+            if f.suffix in self.EXTS
+        ]
         self.image_size = image_size
 
     def __len__(self) -> int:

@@ -16,18 +16,24 @@ def suite_reference(suite, extractor):
     from bench.metrics import compute_reference
 
     if suite.data != "embedded":
-        raise ValueError(f"suite {suite.name}: reference statistics come from its ADM reference batch, not embedded data")
+        raise ValueError(
+            f"suite {suite.name}: reference statistics come from its ADM reference batch, not embedded data"
+        )
     images, _ = embedded_images(suite.image_size, suite.n_ref_per_class, "ref", num_classes=suite.num_classes)
     log.info(f"reference: {len(images)} real held-out crops, extractor {extractor.name}")
     need = any(m in ("precision", "recall", "kid") for m in suite.metrics)
     return compute_reference(images, extractor, need_features=need)
 
 
-def score(images: np.ndarray, reference, extractor, metrics=("fid",), n_nonfinite: int = 0) -> dict[str, float]:
+def score(
+    images: np.ndarray, reference, extractor, metrics=("fid",), n_nonfinite: int = 0
+) -> dict[str, float]:
     """Metrics of uint8 NHWC samples. Refuses (ValueError) when any sample was non-finite."""
     from bench.metrics import evaluate
 
     if n_nonfinite:
-        raise ValueError(f"{n_nonfinite} of {len(images)} samples are NaN/Inf; refusing to compute {', '.join(metrics)}")
+        raise ValueError(
+            f"{n_nonfinite} of {len(images)} samples are NaN/Inf; refusing to compute {', '.join(metrics)}"
+        )
     out = evaluate(images, reference, extractor=extractor, metrics=metrics)
     return {k: float(v) for k, v in out.items() if k not in _BOOKKEEPING}

@@ -13,7 +13,9 @@ log = logging.getLogger("genbench")
 def setup_logging(log_file: Path | None = None) -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in log.handlers):
+    if not any(
+        isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in log.handlers
+    ):
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(h)
@@ -35,8 +37,9 @@ def _fmt_time(s: float) -> str:
 class Progress:
     """`with Progress("train repa", total=N, unit="img") as p: p.update(k, loss=...)` logs every `every` s."""
 
-    def __init__(self, desc: str, total: int, unit: str = "it", every: float = 5.0):
-        self.desc, self.total, self.unit, self.every = desc, total, unit, every
+    def __init__(self, desc: str, total: int, unit: str = "it", every: float = 5.0, min_time: float = 0.0):
+        # min_time: stay silent for loops that finish faster than this (e.g. small feature extractions)
+        self.desc, self.total, self.unit, self.every, self.min_time = desc, total, unit, every, min_time
         self.done = 0
         self.t0 = self.last = time.perf_counter()
 
@@ -46,7 +49,7 @@ class Progress:
     def update(self, n: int = 1, **info) -> None:
         self.done += n
         now = time.perf_counter()
-        if now - self.last >= self.every or self.done >= self.total:
+        if now - self.last >= self.every or (self.done >= self.total and now - self.t0 >= self.min_time):
             self.last = now
             self._emit(info)
 
@@ -56,7 +59,9 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
         pct = 100.0 * self.done / max(1, self.total)
-        log.info(f"{self.desc}: {self.done}/{self.total} {self.unit} ({pct:.0f}%) {rate:.1f} {self.unit}/s elapsed {_fmt_time(el)} ETA {_fmt_time(eta) if eta == eta else '?'} {extra}".rstrip())
+        log.info(
+            f"{self.desc}: {self.done}/{self.total} {self.unit} ({pct:.0f}%) {rate:.1f} {self.unit}/s elapsed {_fmt_time(el)} ETA {_fmt_time(eta) if eta == eta else '?'} {extra}".rstrip()
+        )
 
     def __exit__(self, *exc):
         return False

@@ -25,7 +25,9 @@ def plan(suite_name: str, backbones: str | None, out: str, device: str):
     check_requirements(suite, device)
     root = check_output_dir(out)
     if suite.data != "embedded":
-        raise SuiteError(f"suite {suite.name} ({suite.data} data) is validated but its runner is not implemented in this version; use smoke or patches64")
+        raise SuiteError(
+            f"suite {suite.name} ({suite.data} data) is validated but its runner is not implemented in this version; use smoke or patches64"
+        )
     return suite, names, root
 
 
@@ -49,10 +51,27 @@ def summary_rows(rows: list[dict], names) -> list[list]:
     return table
 
 
-SUMMARY_HEADERS = ["backbone", "first FID", "last FID", "epochs", "bits/dim", "train img/s", "sample img/s", "params (M)", "wall (s)"]
+SUMMARY_HEADERS = [
+    "backbone",
+    "first FID",
+    "last FID",
+    "epochs",
+    "bits/dim",
+    "train img/s",
+    "sample img/s",
+    "params (M)",
+    "wall (s)",
+]
 
 
-def run_bench(suite_name: str = "smoke", backbones: str | None = None, out: str = "results", seed: int = 0, device: str = "cpu", run_id: str | None = None) -> int:
+def run_bench(
+    suite_name: str = "smoke",
+    backbones: str | None = None,
+    out: str = "results",
+    seed: int = 0,
+    device: str = "cpu",
+    run_id: str | None = None,
+) -> int:
     from bench.evaluate import suite_reference
     from bench.metrics import get_extractor
     from bench.train import BackboneRun, backbone_config
@@ -80,7 +99,10 @@ def run_bench(suite_name: str = "smoke", backbones: str | None = None, out: str 
             failed.append(name)
     table = summary_rows(store.metrics(), names)
     log.info("\n" + tabulate(table, headers=SUMMARY_HEADERS, floatfmt=".3g", missingval="-"))
-    log.info(f"run {store.dir} finished in {time.perf_counter() - t0:.0f}s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    log.info(
+        f"run {store.dir} finished in {time.perf_counter() - t0:.0f}s"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

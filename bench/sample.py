@@ -66,7 +66,9 @@ def generate(
             if out_dir is not None:
                 from bench.metrics import write_samples_npz
 
-                write_samples_npz(Path(out_dir) / f"samples_{int(idx[0]):07d}.npz", imgs, labels.cpu().numpy())
+                write_samples_npz(
+                    Path(out_dir) / f"samples_{int(idx[0]):07d}.npz", imgs, labels.cpu().numpy()
+                )
             prog.update(len(idx))
     local = np.concatenate(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
     if world > 1:  # gather in index order: rank r holds indices r, r + world, ...
@@ -76,4 +78,9 @@ def generate(
         for r, (arr, _) in enumerate(parts):
             full[r::world] = arr
         local, n_bad = full, sum(b for _, b in parts)
-    return {"images": local, "labels": equal_labels(np.arange(n), num_classes), "n_nonfinite": n_bad, "seconds": time.perf_counter() - t0}
+    return {
+        "images": local,
+        "labels": equal_labels(np.arange(n), num_classes),
+        "n_nonfinite": n_bad,
+        "seconds": time.perf_counter() - t0,
+    }

@@ -59,7 +59,13 @@ def config_hash(config: dict) -> str:
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", *args],
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -80,7 +86,9 @@ def env_info(device: str) -> dict:
         "torch": torch.__version__,
         "triton": triton_version,
         "cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "torch_threads": torch.get_num_threads(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
@@ -99,7 +107,9 @@ class RunStore:
         if cfg_path.exists():
             old = json.loads(cfg_path.read_text())
             if config_hash(old) != self.config_hash:
-                raise ValueError(f"{self.dir} holds a run with a different configuration; choose another --run-id or --out")
+                raise ValueError(
+                    f"{self.dir} holds a run with a different configuration; choose another --run-id or --out"
+                )
         else:
             atomic_write_json(cfg_path, config)
         atomic_write_json(self.dir / "env.json", env_info(device))
@@ -118,7 +128,9 @@ class RunStore:
         row.update(fields)
         line = json.dumps(row) + "\n"
         if self.metrics_path.exists() and self.metrics_path.stat().st_size:
-            with open(self.metrics_path, "rb") as f:  # a killed run may have left a torn line: terminate it first
+            with open(
+                self.metrics_path, "rb"
+            ) as f:  # a killed run may have left a torn line: terminate it first
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":
                     line = "\n" + line

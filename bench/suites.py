@@ -42,7 +42,16 @@ class Suite:
 
 
 _TINY_STAGE1 = dict(stage1_epochs=12, stage1_lr=2e-3, stage1_batch_size=64)
-_TINY_FM = dict(lr=1e-3, batch_size=64, ema_decay=0.995, ema_warmup=True, lr_schedule="constant", warmup_steps=0, grad_clip=1.0, mixed_precision="no")
+_TINY_FM = dict(
+    lr=1e-3,
+    batch_size=64,
+    ema_decay=0.995,
+    ema_warmup=True,
+    lr_schedule="constant",
+    warmup_steps=0,
+    grad_clip=1.0,
+    mixed_precision="no",
+)
 
 SMOKE_EPOCHS = 24
 SMOKE = Suite(
@@ -57,12 +66,34 @@ SMOKE = Suite(
     eval_epochs=(4, 12, SMOKE_EPOCHS),
     n_eval_samples=256,
     overrides={
-        "repa": {**_TINY_STAGE1, **_TINY_FM, "epochs": SMOKE_EPOCHS, "sampler": dict(mode="sde", steps=32, guidance=1.8, guidance_interval=(0.0, 0.7))},
+        "repa": {
+            **_TINY_STAGE1,
+            **_TINY_FM,
+            "epochs": SMOKE_EPOCHS,
+            "sampler": dict(mode="sde", steps=32, guidance=1.8, guidance_interval=(0.0, 0.7)),
+        },
         "vavae_lightningdit": {**_TINY_STAGE1, **_TINY_FM, "epochs": SMOKE_EPOCHS, "sampler": dict(steps=32)},
         "fae": {**_TINY_STAGE1, **_TINY_FM, "epochs": SMOKE_EPOCHS, "sampler": dict(steps=32)},
         # the flows' official releases train without EMA (their recipes say ema_decay=0); kept as released
-        "starflow": {**_TINY_STAGE1, "lr": 1e-3, "batch_size": 64, "epochs": SMOKE_EPOCHS, "grad_clip": 1.0, "mixed_precision": "no", "lr_schedule": "constant", "warmup_steps": 0},
-        "tarflow": {"lr": 1e-3, "batch_size": 64, "epochs": SMOKE_EPOCHS, "grad_clip": 1.0, "mixed_precision": "no", "lr_schedule": "constant", "warmup_steps": 0},
+        "starflow": {
+            **_TINY_STAGE1,
+            "lr": 1e-3,
+            "batch_size": 64,
+            "epochs": SMOKE_EPOCHS,
+            "grad_clip": 1.0,
+            "mixed_precision": "no",
+            "lr_schedule": "constant",
+            "warmup_steps": 0,
+        },
+        "tarflow": {
+            "lr": 1e-3,
+            "batch_size": 64,
+            "epochs": SMOKE_EPOCHS,
+            "grad_clip": 1.0,
+            "mixed_precision": "no",
+            "lr_schedule": "constant",
+            "warmup_steps": 0,
+        },
     },
 )
 
@@ -135,7 +166,9 @@ def resolve(suite: Suite, backbones: str | None) -> tuple[str, ...]:
         raise SuiteError(f"unknown backbone(s) {', '.join(unknown)}; known: {', '.join(sorted(BACKBONES))}")
     not_in = [b for b in names if b not in suite.backbones]
     if not_in:
-        raise SuiteError(f"backbone(s) {', '.join(not_in)} are not part of suite {suite.name!r} ({', '.join(suite.backbones)})")
+        raise SuiteError(
+            f"backbone(s) {', '.join(not_in)} are not part of suite {suite.name!r} ({', '.join(suite.backbones)})"
+        )
     return names
 
 
@@ -160,7 +193,9 @@ def check_requirements(suite: Suite, device: str) -> None:
             import torch
 
             if not (device.startswith("cuda") and torch.cuda.is_available()):
-                missing.append(f"- {what}: suite {suite.name} needs a GPU (run with --device cuda on a CUDA machine)")
+                missing.append(
+                    f"- {what}: suite {suite.name} needs a GPU (run with --device cuda on a CUDA machine)"
+                )
             continue
         value = os.environ.get(env)
         if not value:

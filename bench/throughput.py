@@ -25,7 +25,9 @@ def _peak_mb(device: str) -> tuple[str, float]:
     return "peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train_images_per_second(bb: Backbone, batch: int, image_size: int, num_classes: int, device: str, steps: int = 5, warmup: int = 2) -> float:
+def train_images_per_second(
+    bb: Backbone, batch: int, image_size: int, num_classes: int, device: str, steps: int = 5, warmup: int = 2
+) -> float:
     gen = copy.deepcopy(bb.generator).train()
     shape = bb.tokenizer.latent_shape(image_size)
     g = torch.Generator().manual_seed(0)
@@ -48,7 +50,9 @@ def train_images_per_second(bb: Backbone, batch: int, image_size: int, num_class
 
 
 @torch.no_grad()
-def sample_latency(bb: Backbone, batch: int, image_size: int, num_classes: int, device: str, sampler: dict, repeats: int = 1) -> float:
+def sample_latency(
+    bb: Backbone, batch: int, image_size: int, num_classes: int, device: str, sampler: dict, repeats: int = 1
+) -> float:
     """Seconds to generate one batch of images (generator sampling + decode), after one warm-up call."""
     shape = bb.tokenizer.latent_shape(image_size)
     gens = sample_generators(0, range(batch))
@@ -73,18 +77,28 @@ def measure_backbone(bb: Backbone, store, name: str, suite, device: str, seed: i
         torch.cuda.reset_peak_memory_stats()
     params = sum(p.numel() for p in bb.generator.parameters())
     store.log_metric(name, "throughput", "params", params, device=device)
-    store.log_metric(name, "throughput", "tokenizer_params", sum(p.numel() for p in bb.tokenizer.parameters()), device=device)
+    store.log_metric(
+        name,
+        "throughput",
+        "tokenizer_params",
+        sum(p.numel() for p in bb.tokenizer.parameters()),
+        device=device,
+    )
     store.log_metric(name, "throughput", "flops_per_forward", bb.generator.flops_per_image(), device=device)
     tr = train_images_per_second(bb, r.batch_size, suite.image_size, suite.num_classes, device)
     store.log_metric(name, "throughput", "train_img_per_s", tr, n_samples=r.batch_size, device=device)
     out["train_img_per_s"] = tr
     for b in suite.throughput_batch_sizes:
         lat = sample_latency(bb, b, suite.image_size, suite.num_classes, device, sampler)
-        fields = dict(n_samples=b, sampler=sampler.get("mode"), steps=sampler.get("steps"), nfe=nfe, device=device)
+        fields = dict(
+            n_samples=b, sampler=sampler.get("mode"), steps=sampler.get("steps"), nfe=nfe, device=device
+        )
         store.log_metric(name, "throughput", "sample_latency_s", lat, **fields)
         store.log_metric(name, "throughput", "sample_img_per_s", b / lat, **fields)
         out["sample_img_per_s"] = b / lat
     key, mb = _peak_mb(device)
     store.log_metric(name, "throughput", key, mb, device=device)
-    log.info(f"[{name}] throughput: train {tr:.1f} img/s, sampling {out['sample_img_per_s']:.1f} img/s (nfe {nfe}), {key} {mb:.0f}")
+    log.info(
+        f"[{name}] throughput: train {tr:.1f} img/s, sampling {out['sample_img_per_s']:.1f} img/s (nfe {nfe}), {key} {mb:.0f}"
+    )
     return out

@@ -29,7 +29,13 @@ def _gen(seed: int, *key: int) -> torch.Generator:
 
 def make_backbone(suite, name: str, seed: int) -> Backbone:
     torch.manual_seed(seed)  # model init is part of the run's randomness
-    bb = build_backbone(name, suite.preset_for(name), num_classes=suite.num_classes, image_size=suite.image_size, **suite.options.get(name, {}))
+    bb = build_backbone(
+        name,
+        suite.preset_for(name),
+        num_classes=suite.num_classes,
+        image_size=suite.image_size,
+        **suite.options.get(name, {}),
+    )
     bb.recipe = bb.recipe.replace(**suite.overrides.get(name, {}))
     return bb
 
@@ -74,10 +80,14 @@ class BackboneRun:
         self.bb.generator.to(device)
         if self.bb.encoder is not None:
             self.bb.encoder.to(device)
-        images, labels = embedded_images(suite.image_size, suite.n_train_per_class, "train", num_classes=suite.num_classes)
+        images, labels = embedded_images(
+            suite.image_size, suite.n_train_per_class, "train", num_classes=suite.num_classes
+        )
         self.x = to_model_range(images).to(device)
         self.y = torch.from_numpy(labels).to(device)
-        self.done_rows = {(r["phase"], r["metric"], r["epoch"]) for r in store.metrics() if r["backbone"] == name}
+        self.done_rows = {
+            (r["phase"], r["metric"], r["epoch"]) for r in store.metrics() if r["backbone"] == name
+        }
 
     # --- stage 1 -------------------------------------------------------------------------------------
     def train_tokenizer(self) -> None:
@@ -89,7 +99,10 @@ class BackboneRun:
         if ckpt.exists():
             state = torch.load(ckpt, map_location=self.device, weights_only=True)
             tok.load_state_dict(state["tokenizer"])
-            log.info(f"[{self.name}] stage 1: loaded {ckpt}" + (f" (shared tokenizer trained by {state['trained_by']})" if key else ""))
+            log.info(
+                f"[{self.name}] stage 1: loaded {ckpt}"
+                + (f" (shared tokenizer trained by {state['trained_by']})" if key else "")
+            )
             return
         params = [p for p in tok.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=r.stage1_lr, betas=r.stage1_betas, weight_decay=0.0)
@@ -114,8 +127,20 @@ class BackboneRun:
                         sums[k] = sums.get(k, 0.0) + float(v.detach())
                     count += 1
                     prog.update(len(idx), loss=float(parts["loss"].detach()))
-                means = _log_epoch(self.store, self.name, "stage1", sums, count, epoch=epoch, step=step, images_seen=step * bs)
-                log.info(f"[{self.name}] stage 1 epoch {epoch}: " + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+                means = _log_epoch(
+                    self.store,
+                    self.name,
+                    "stage1",
+                    sums,
+                    count,
+                    epoch=epoch,
+                    step=step,
+                    images_seen=step * bs,
+                )
+                log.info(
+                    f"[{self.name}] stage 1 epoch {epoch}: "
+                    + " ".join(f"{k}={v:.4g}" for k, v in means.items())
+                )
         tok.eval()
         atomic_torch_save(ckpt, {"tokenizer": tok.state_dict(), "trained_by": self.name})
 
@@ -158,7 +183,9 @@ class BackboneRun:
             log.info(f"[{self.name}] stage 2: resumed after epoch {start} from {ckpt}")
         self.ema = ema
         self.test_latents = None
-        with Progress(f"[{self.name}] stage 2 (generator)", total=(total - start * per_epoch) * bs, unit="img") as prog:
+        with Progress(
+            f"[{self.name}] stage 2 (generator)", total=(total - start * per_epoch) * bs, unit="img"
+        ) as prog:
             for epoch in range(start + 1, r.epochs + 1):
                 gen.train()
                 sums, count = {}, 0
@@ -166,25 +193,55 @@ class BackboneRun:
                     step = (epoch - 1) * per_epoch + i
                     for group in opt.param_groups:
                         group["lr"] = lr_at(r, step, total, r.lr)
-                    parts = gen.loss(lat[idx], self.y[idx], None if feats is None else feats[idx], generator=_gen(self.seed, 3, epoch, i))
+                    parts = gen.loss(
+                        lat[idx],
+                        self.y[idx],
+                        None if feats is None else feats[idx],
+                        generator=_gen(self.seed, 3, epoch, i),
+                    )
                     if not torch.isfinite(parts["loss"]):
-                        raise FloatingPointError(f"[{self.name}] non-finite training loss at epoch {epoch} step {i}")
+                        raise FloatingPointError(
+                            f"[{self.name}] non-finite training loss at epoch {epoch} step {i}"
+                        )
                     opt.zero_grad(set_to_none=True)
                     parts["loss"].backward()
                     if r.grad_clip:
                         torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
                     opt.step()
-                    ema_update(ema, gen, min(r.ema_decay, (1 + step) / (10 + step)) if r.ema_warmup else r.ema_decay)
+                    ema_update(
+                        ema, gen, min(r.ema_decay, (1 + step) / (10 + step)) if r.ema_warmup else r.ema_decay
+                    )
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + float(v.detach())
                     count += 1
                     prog.update(len(idx), loss=float(parts["loss"].detach()))
                 seen = epoch * per_epoch * bs
-                means = _log_epoch(self.store, self.name, "train", sums, count, epoch=epoch, step=epoch * per_epoch, images_seen=seen, train_flops=flops * seen)
-                log.info(f"[{self.name}] epoch {epoch}/{r.epochs}: " + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+                means = _log_epoch(
+                    self.store,
+                    self.name,
+                    "train",
+                    sums,
+                    count,
+                    epoch=epoch,
+                    step=epoch * per_epoch,
+                    images_seen=seen,
+                    train_flops=flops * seen,
+                )
+                log.info(
+                    f"[{self.name}] epoch {epoch}/{r.epochs}: "
+                    + " ".join(f"{k}={v:.4g}" for k, v in means.items())
+                )
                 if epoch in self.suite.eval_epochs or epoch == r.epochs:
                     self.evaluate(epoch, epoch * per_epoch, seen, flops * seen)
-                atomic_torch_save(ckpt, {"generator": gen.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "epoch": epoch})
+                atomic_torch_save(
+                    ckpt,
+                    {
+                        "generator": gen.state_dict(),
+                        "ema": ema.state_dict(),
+                        "opt": opt.state_dict(),
+                        "epoch": epoch,
+                    },
+                )
 
     # --- evaluation ----------------------------------------------------------------------------------
     def _eval_backbone(self) -> Backbone:
@@ -213,13 +270,20 @@ class BackboneRun:
             self.store.log_metric(self.name, "eval", k, v, extractor=self.extractor.name, **fields)
         extra = self.ema.eval_metrics(*self._test_set())
         for k, v in extra.items():
-            self.store.log_metric(self.name, "eval", k, v, **{**fields, "n_samples": len(self._test_set()[0])})
+            self.store.log_metric(
+                self.name, "eval", k, v, **{**fields, "n_samples": len(self._test_set()[0])}
+            )
         shown = " ".join(f"{k}={v:.4g}" for k, v in {**metrics, **extra}.items())
         log.info(f"[{self.name}] eval epoch {epoch}: {shown} (nfe {nfe}, {out['seconds']:.1f}s sampling)")
 
     def _test_set(self):
         if self.test_latents is None:
-            images, labels = embedded_images(self.suite.image_size, max(8, self.suite.n_ref_per_class // 4), "test", num_classes=self.suite.num_classes)
+            images, labels = embedded_images(
+                self.suite.image_size,
+                max(8, self.suite.n_ref_per_class // 4),
+                "test",
+                num_classes=self.suite.num_classes,
+            )
             raw, _ = self.encode_all(to_model_range(images).to(self.device))
             self.test_latents = (self.bb.tokenizer.normalize(raw), torch.from_numpy(labels).to(self.device))
         return self.test_latents
@@ -229,30 +293,48 @@ class BackboneRun:
         from bench.linear_probe import linear_probe
 
         s = self.suite
-        test_img, test_lab = embedded_images(s.image_size, s.n_ref_per_class, "test", num_classes=s.num_classes)
+        test_img, test_lab = embedded_images(
+            s.image_size, s.n_ref_per_class, "test", num_classes=s.num_classes
+        )
         xt = to_model_range(test_img).to(self.device)
         with torch.no_grad():
             z_tr, _ = self.encode_all(self.x)
             z_te, _ = self.encode_all(xt)
             probes = {"latent": (z_tr.flatten(1), z_te.flatten(1))}
             if self.bb.encoder is not None:
-                probes["encoder_features"] = (self.bb.features(self.x).flatten(1), self.bb.features(xt).flatten(1))
+                probes["encoder_features"] = (
+                    self.bb.features(self.x).flatten(1),
+                    self.bb.features(xt).flatten(1),
+                )
         for what, (a, b) in probes.items():
             acc = linear_probe(a.cpu(), self.y.cpu(), b.cpu(), torch.from_numpy(test_lab), seed=self.seed)
-            self.store.log_metric(self.name, "eval", "linear_probe_acc", acc, extractor=f"{self.name}_{what}", n_samples=len(test_lab), epoch=self.bb.recipe.epochs)
+            self.store.log_metric(
+                self.name,
+                "eval",
+                "linear_probe_acc",
+                acc,
+                extractor=f"{self.name}_{what}",
+                n_samples=len(test_lab),
+                epoch=self.bb.recipe.epochs,
+            )
             log.info(f"[{self.name}] linear probe on {what}: {100 * acc:.1f}%")
 
     def run(self) -> None:
         t0 = time.perf_counter()
         self.train_tokenizer()
         self.train_generator()
-        if self.suite.linear_probe and ("eval", "linear_probe_acc", self.bb.recipe.epochs) not in self.done_rows:
+        if (
+            self.suite.linear_probe
+            and ("eval", "linear_probe_acc", self.bb.recipe.epochs) not in self.done_rows
+        ):
             self.linear_probes()
         if not any(p == "throughput" for p, _, _ in self.done_rows):
             from bench.throughput import measure_backbone
 
             measure_backbone(self.bb, self.store, self.name, self.suite, self.device, seed=self.seed)
-        self.store.log_metric(self.name, "run", "wall_s", time.perf_counter() - t0, epoch=self.bb.recipe.epochs)
+        self.store.log_metric(
+            self.name, "run", "wall_s", time.perf_counter() - t0, epoch=self.bb.recipe.epochs
+        )
 
 
 def _guidance(sampler: dict):

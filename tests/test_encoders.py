@@ -26,7 +26,9 @@ def test_dinov2_loads_a_local_timm_file_and_returns_patch_tokens(tmp_path):
     from safetensors.torch import save_file
 
     kw = dict(depth=1)  # a one-block ViT-S/14 keeps the test cheap; same key layout as the real file
-    ref = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, dynamic_img_size=True, **kw)
+    ref = timm.create_model(
+        "vit_small_patch14_dinov2", pretrained=False, num_classes=0, dynamic_img_size=True, **kw
+    )
     assert ref.pos_embed.shape[1] == 37 * 37 + 1  # the released checkpoints' table (518 px)
     path = tmp_path / "dinov2-vit-s14.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
@@ -35,7 +37,9 @@ def test_dinov2_loads_a_local_timm_file_and_returns_patch_tokens(tmp_path):
     tokens = enc(x)
     assert tokens.shape == (2, 256, 384)
     with torch.no_grad():
-        xi = torch.nn.functional.interpolate((x + 1) / 2, size=(224, 224), mode="bicubic", align_corners=False)
+        xi = torch.nn.functional.interpolate(
+            (x + 1) / 2, size=(224, 224), mode="bicubic", align_corners=False
+        )
         xi = (xi - enc.mean) / enc.std
         want = ref.forward_features(xi)[:, ref.num_prefix_tokens :]
     assert torch.allclose(tokens, want, atol=1e-5)

@@ -17,7 +17,9 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def _invoke(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize(
@@ -35,7 +37,9 @@ def test_bench_rejects_bad_input_before_any_work(tmp_path, args, message):
     assert p.returncode == 2, p.stderr
     err = p.stderr.strip()
     assert message in err and err.startswith("error:")
-    assert "imagenet256" in args or len(err.splitlines()) == 1  # one line (imagenet256 lists each missing input)
+    assert (
+        "imagenet256" in args or len(err.splitlines()) == 1
+    )  # one line (imagenet256 lists each missing input)
     assert not (tmp_path / "r" / "smoke").exists()  # nothing was started
 
 
@@ -77,7 +81,11 @@ def mini_suite(monkeypatch):
 def _values(root):
     """(phase, metric, epoch) -> value of the training/eval rows; a resumed run's repeated rows keep the last."""
     rows = read_metrics(next((root / "mini").iterdir()) / "metrics.jsonl")
-    return {(r["phase"], r["metric"], r["epoch"]): r["value"] for r in rows if r["phase"] in ("stage1", "train", "eval")}
+    return {
+        (r["phase"], r["metric"], r["epoch"]): r["value"]
+        for r in rows
+        if r["phase"] in ("stage1", "train", "eval")
+    }
 
 
 def test_mini_run_is_deterministic_resumable_and_reportable(tmp_path, mini_suite):
@@ -86,8 +94,12 @@ def test_mini_run_is_deterministic_resumable_and_reportable(tmp_path, mini_suite
     run_dir = next((a / "mini").iterdir())
     rows = read_metrics(run_dir / "metrics.jsonl")
     fid = [r for r in rows if r["metric"] == "fid"]
-    assert [r["epoch"] for r in fid] == [1, 3] and all(r["extractor"] == "smoke" and r["n_samples"] == 64 for r in fid)
-    assert {"train_img_per_s", "sample_img_per_s", "params"} <= {r["metric"] for r in rows if r["phase"] == "throughput"}
+    assert [r["epoch"] for r in fid] == [1, 3] and all(
+        r["extractor"] == "smoke" and r["n_samples"] == 64 for r in fid
+    )
+    assert {"train_img_per_s", "sample_img_per_s", "params"} <= {
+        r["metric"] for r in rows if r["phase"] == "throughput"
+    }
     env = json.loads((run_dir / "env.json").read_text())
     assert {"git_sha", "git_dirty", "torch", "device"} <= set(env)
     assert (run_dir / "log.txt").read_text().count("eval epoch") == 2

@@ -35,7 +35,9 @@ def test_two_processes_give_the_same_samples_as_one():
     torch.set_num_threads(1)
     one = generate(_backbone(), N, 4, SEED, 32, batch_size=N, **SAMPLER)
     small_batches = generate(_backbone(), N, 4, SEED, 32, batch_size=4, **SAMPLER)
-    assert np.abs(one["images"].astype(int) - small_batches["images"].astype(int)).max() <= 1  # last-bit rounding only
+    assert (
+        np.abs(one["images"].astype(int) - small_batches["images"].astype(int)).max() <= 1
+    )  # last-bit rounding only
     with tempfile.TemporaryDirectory() as d:
         mp.spawn(_worker, args=(2, os.path.join(d, "init"), d), nprocs=2, join=True)
         two = np.load(os.path.join(d, "images.npy"))

@@ -104,7 +104,9 @@ def test_samples_do_not_depend_on_batch_composition():
     gens = lambda idx: sample_generators(7, idx)
     idx = list(range(6))
     labels = torch.tensor([i % 3 for i in idx])
-    full = g.sample(labels, randn_per_sample(gens(idx), (2, 3, 3)), gens(idx), mode="sde", steps=5, guidance=2.0)
+    full = g.sample(
+        labels, randn_per_sample(gens(idx), (2, 3, 3)), gens(idx), mode="sde", steps=5, guidance=2.0
+    )
     half = torch.cat([
         g.sample(labels[s:e], randn_per_sample(gens(idx[s:e]), (2, 3, 3)), gens(idx[s:e]), mode="sde", steps=5, guidance=2.0)
         for s, e in ((0, 4), (4, 6))
@@ -114,7 +116,9 @@ def test_samples_do_not_depend_on_batch_composition():
 
 def test_loss_is_seeded_and_has_parts():
     torch.manual_seed(0)
-    g = FlowMatchingGenerator(_Affine(), (2, 3, 3), 3, t_sampling="logit_normal", cos_loss_weight=1.0, loss_weight="sigma")
+    g = FlowMatchingGenerator(
+        _Affine(), (2, 3, 3), 3, t_sampling="logit_normal", cos_loss_weight=1.0, loss_weight="sigma"
+    )
     lat, y = torch.randn(4, 2, 3, 3), torch.tensor([0, 1, 2, 0])
     a = g.loss(lat, y, generator=torch.Generator().manual_seed(1))
     b = g.loss(lat, y, generator=torch.Generator().manual_seed(1))

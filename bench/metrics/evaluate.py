@@ -155,7 +155,7 @@ def compute_reference(
         if batch.has_images and (
             need_features or not stats_ok or ("mu_s" not in batch.stats and "spatial" in ex.keys)
         ):
-            features = ex.features_iter(batch.iter_images(batch_size))
+            features = ex.features_iter(batch.iter_images(batch_size), total=batch.n_images)
         stats = _stats_of(features) if features is not None else {}
         if stats_ok:  # ADM: the file's own statistics win over recomputed ones
             stats.update(batch.stats)
@@ -186,7 +186,9 @@ def _open_samples(samples) -> tuple[object, int, int]:
 def _features_of(source, ex: FeatureExtractor, batch_size: int) -> dict[str, np.ndarray]:
     if isinstance(source, np.ndarray):
         return ex.features(source, batch_size)
-    return ex.features_iter(x for b in source for x in b.iter_images(batch_size))
+    return ex.features_iter(
+        (x for b in source for x in b.iter_images(batch_size)), total=sum(b.n_images for b in source)
+    )
 
 
 def evaluate(

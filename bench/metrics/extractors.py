@@ -45,9 +45,13 @@ class FeatureExtractor:
         raise NotImplementedError
 
     @torch.no_grad()
-    def features_iter(self, batches: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
-        """Features of a stream of uint8 [b, H, W, 3] batches, concatenated: {key: float32 [N, D]}."""
+    def features_iter(self, batches: Iterable[np.ndarray], total: int | None = None) -> dict[str, np.ndarray]:
+        """Features of a stream of uint8 [b, H, W, 3] batches, concatenated: {key: float32 [N, D]}.
+        With `total` (number of images) long extractions report rate and ETA."""
+        from bench.progress import Progress
+
         out: dict[str, list[np.ndarray]] = {k: [] for k in self.keys}
+        prog = Progress(f"features {self.name}", total=total or 0, unit="img", every=10.0, min_time=10.0)
         for batch in batches:
             x = torch.as_tensor(np.asarray(batch))
             if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
@@ -57,6 +61,8 @@ class FeatureExtractor:
             feats = self._forward(x.permute(0, 3, 1, 2).to(self.device))
             for k in self.keys:
                 out[k].append(feats[k].float().cpu().numpy())
+            if total:
+                prog.update(len(x))
         if not out[self.keys[0]]:
             raise ValueError(f"{self.name}: no images given")
         return {k: np.concatenate(v) for k, v in out.items()}
@@ -64,7 +70,9 @@ class FeatureExtractor:
     def features(self, images_uint8_nhwc: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
         """uint8 [N, H, W, 3] -> {key: float32 [N, D]} for every key in `self.keys`."""
         images = np.asarray(images_uint8_nhwc)
-        return self.features_iter(images[i : i + batch_size] for i in range(0, len(images), batch_size))
+        return self.features_iter(
+            (images[i : i + batch_size] for i in range(0, len(images), batch_size)), total=len(images)
+        )
 
 
 # ------------------------------------------------------------------------------------------ InceptionV3
