@@ -72,3 +72,35 @@ def unpatchify(x: torch.Tensor, p: int, c: int) -> torch.Tensor:
     h = w = int(round(t**0.5))
     x = x.reshape(b, h, w, p, p, c)
     return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, h * p, w * p)
+
+
+def initialize_dit_weights(model: nn.Module) -> None:
+    """DiT/SiT/LightningDiT init (facebookresearch/DiT initialize_weights): Xavier-uniform linears and patch conv,
+    the fixed sin-cos table, N(0, 0.02) label table and t-MLP, zeroed adaLN modulations and output layer.
+    Expects DiT attribute names (x_embedder.proj, pos_embed, y_embedder, t_embedder, blocks, final_layer).
+    On the meta device there is nothing to initialise."""
+    if model.pos_embed.is_meta:
+        return
+
+    def _basic(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    model.apply(_basic)
+    grid = int(round(model.pos_embed.shape[1] ** 0.5))
+    table = get_2d_sincos_pos_embed(model.pos_embed.shape[-1], grid)
+    model.pos_embed.data.copy_(torch.from_numpy(table).float()[None])
+    w = model.x_embedder.proj.weight.data
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(model.x_embedder.proj.bias)
+    nn.init.normal_(model.y_embedder.embedding_table.weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[2].weight, std=0.02)
+    for block in model.blocks:
+        nn.init.zeros_(block.adaLN_modulation[-1].weight)
+        nn.init.zeros_(block.adaLN_modulation[-1].bias)
+    for m in (model.final_layer.adaLN_modulation[-1], model.final_layer.linear):
+        nn.init.zeros_(m.weight)
+        nn.init.zeros_(m.bias)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from baselines import ops
-from baselines.layers import LabelEmbedder, TimestepEmbedder, get_2d_sincos_pos_embed, unpatchify
+from baselines.layers import LabelEmbedder, TimestepEmbedder, initialize_dit_weights, unpatchify
 
 # --- primitives -------------------------------------------------------------------------------------------
 
@@ -229,32 +229,7 @@ class LightningDiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """Official init: xavier linears, sin-cos table, N(0, 0.02) label table and t-MLP, zeroed adaLN/output."""
-        if self.pos_embed.is_meta:
-            return
-
-        def _basic_init(module):
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(_basic_init)
-        grid = self.x_embedder.grid_size
-        self.pos_embed.data.copy_(
-            torch.from_numpy(get_2d_sincos_pos_embed(self.hidden_size, grid)).float()[None]
-        )
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for p in (*self.final_layer.adaLN_modulation[-1].parameters(), *self.final_layer.linear.parameters()):
-            nn.init.zeros_(p)
+        initialize_dit_weights(self)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x [B,C,H,W] latents, t [B] in [0,1] (0 = noise), y [B] class ids (num_classes = null)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines import ops
-from baselines.layers import LabelEmbedder, TimestepEmbedder, get_2d_sincos_pos_embed, unpatchify
+from baselines.layers import LabelEmbedder, TimestepEmbedder, initialize_dit_weights, unpatchify
 
 
 class PatchEmbed(nn.Module):
@@ -144,32 +144,7 @@ class SiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """DiT init: Xavier linears, fixed sin-cos table, N(0, 0.02) embeddings, zeroed adaLN and output layer."""
-
-        def _basic(m):
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-        self.apply(_basic)
-        if self.pos_embed.device.type != "meta":
-            grid = int(round(self.pos_embed.shape[1] ** 0.5))
-            self.pos_embed.data.copy_(
-                torch.from_numpy(get_2d_sincos_pos_embed(self.hidden_size, grid)).float()[None]
-            )
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for m in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
+        initialize_dit_weights(self)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
         x = self.x_embedder(x) + self.pos_embed  # [B, T, D]
