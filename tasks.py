@@ -12,6 +12,9 @@ def _user_error(e: Exception) -> Exit:
     return Exit(f"error: {e}", code=2)
 
 
+# Every task turns a bench.errors.UserError into one line + exit code 2; other exceptions keep their traceback.
+
+
 @task(help={
     "suite": "suite name (smoke, patches64, imagenet256, imagenet256-throughput)",
     "backbones": "comma list of backbones (default: the suite's)",
@@ -22,12 +25,12 @@ def _user_error(e: Exception) -> Exit:
 })  # fmt: skip
 def bench(c, suite="smoke", backbones="", out="results", seed=0, device="cpu", run_id=""):
     """Train, sample, evaluate and measure a suite's backbones into results/<suite>/<run_id>/."""
+    from bench.errors import UserError
     from bench.runner import run_bench
-    from bench.suites import SuiteError
 
     try:
         code = run_bench(suite, backbones or None, out, int(seed), device, run_id or None)
-    except SuiteError as e:
+    except UserError as e:
         raise _user_error(e) from None
     if code:
         raise Exit(code=code)

@@ -138,7 +138,16 @@ class Recipe:
     )
     grad_clip: float | None = None
     label_drop: float = 0.1
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (CUDA only)
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (CUDA only); applied by the trainer as autocast
+    warmup_epochs: float = 0.0  # linear lr warmup over this many epochs (the flows' "one epoch"); adds to warmup_steps
+    # how the generator's training latents come from the tokenizer's posterior:
+    # "mean" (posterior mean), "sample" (a fresh posterior sample every step: REPA, STARFlow),
+    # "sample_once" (one posterior sample per image, drawn at extraction: LightningDiT's released latents)
+    posterior: str = "mean"
+    hflip: float = 0.0  # probability that a training image / its cached latent is the horizontally flipped one
+    # latent normalisation: "per_channel" (mean/std from the training latents), "scale" (the tokenizer's fixed
+    # factor, e.g. SD-VAE 0.18215), "released" (statistics shipped with the tokenizer, e.g. latents_stats.pt)
+    latent_norm: str = "per_channel"
     # sampling (keys understood by the generator's `sample`)
     sampler: dict[str, Any] = field(default_factory=dict)
     # stage 1: trainable tokenizer

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from baselines.api import BACKBONES
+from bench.errors import OptionError
 
 
-class SuiteError(ValueError):
+class SuiteError(OptionError):
     """A suite cannot run as asked (unknown name, missing data/weights, unwritable output)."""
 
 
