@@ -155,6 +155,10 @@ class Recipe:
     stage1_lr: float = 1e-4
     stage1_batch_size: int = 64
     stage1_betas: tuple[float, float] = (0.5, 0.9)
+    stage1_lr_schedule: str = "constant"  # "constant" | "cosine" (FAE: cosine with 1000 warmup steps)
+    stage1_warmup_steps: int = 0
+    stage1_min_lr: float = 0.0
+    stage1_grad_clip: float | None = 1.0  # over every tokenizer parameter (ours; None = off, as VA-VAE)
     source: str = ""
 
     def replace(self, **overrides: Any) -> Recipe:
