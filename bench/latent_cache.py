@@ -1,0 +1,549 @@
+"""Latent cache: every training image and its horizontal flip encoded ONCE by a frozen tokenizer, shared by all
+backbones that use that tokenizer, then read by a deterministic Dataset.
+
+API (what the trainer calls):
+    cache = build_latent_cache(source, tokenizer, root, *, features=None, with_images=False,
+                               shard_size=10_000, batch_size=64, num_workers=0, device="cpu") -> LatentCache
+        source: a bench.data.ImageSource; tokenizer: a baselines.api.Tokenizer (AutoencoderKL-based ones give
+        the posterior mean and std; deterministic ones std = 0); features: images -> frozen-encoder features,
+        for tokenizers with `needs_features`. Under torch.distributed every rank calls it: rank r extracts
+        shards r, r + world, ...; all ranks return the same finished cache.
+    cache.stats(latents="mean"|"sample") -> (mean [C], std [C])  per-channel statistics (float64 sums)
+    ds = LatentDataset(cache, posterior="mean"|"sample"|"sample_once", hflip=0.5, seed=run_seed,
+                       with_images=False)
+        ds[i] or ds[(epoch, i)] -> (latent float32 [C, h, w], label int64[, image uint8 [3, H, W]])
+    loader, sampler = latent_loader(ds, batch_size_per_rank, rank=r, world=w, seed=run_seed, num_workers=4)
+        sampler.set_epoch(e) each epoch; batches are (epoch, index)-keyed, so worker copies need no update.
+
+Layout of `root/<tokenizer hash[:12]>-<key hash[:12]>/`: key.json (tokenizer weights sha256, crop settings,
+file list sha256), shard_00000.safetensors ... (tensors mean, std, mean_flip, std_flip [n, C, h, w] float32,
+labels [n] int64, optionally images [n, H, W, 3] uint8: the cropped image as REPA's preprocessing stores it,
+preprocessing/dataset_tools.py convert), shard_00000.json (sha256 of the shard file, its range, per-channel
+sums), and index.json (every shard with its sha256, n, latent shape, statistics) written last. A shard is
+written atomically and counts as done only when its sha256 matches its sidecar, so a killed or failed
+extraction resumes shard by shard and a corrupt shard is recomputed.
+
+Determinism: the latent a sample index gets is a function of (run seed, epoch, index) only: the flip
+(probability `hflip`) and the posterior noise eps (mean + std * eps) come from generators seeded by that key,
+never from the process or worker that loads it. "sample_once" draws eps from (run seed, index) alone: one fixed
+posterior sample per image and per flip, as LightningDiT's extract_features.py stores (posterior.sample()).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from baselines.api import sample_seed
+from bench.data import ImageSource, to_model_range
+from bench.errors import CorruptInputError, MissingInputError, OptionError
+from bench.progress import Progress, log
+
+CACHE_VERSION = 1
+POSTERIOR_MODES = ("mean", "sample", "sample_once")
+_LATENT_KEYS = ("mean", "std", "mean_flip", "std_flip")
+
+
+# --- keys and hashes -------------------------------------------------------------------------------------------
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
+    """sha256 of the tokenizer's weights (names, dtypes, shapes, bytes), without its latent statistics buffers
+    (they are computed from this very cache)."""
+    h = hashlib.sha256()
+    for name, t in sorted(tokenizer.state_dict().items()):
+        if name.split(".")[-1] in ("latent_mean", "latent_std"):
+            continue
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_key(source: ImageSource, tokenizer: torch.nn.Module, tokenizer_hash: str | None = None) -> dict:
+    return {
+        "version": CACHE_VERSION,
+        "tokenizer": tokenizer_hash or tokenizer_fingerprint(tokenizer),
+        "tokenizer_class": type(tokenizer).__name__,
+        "crop": source.crop_settings(),
+        "files": source.fingerprint(),
+        "n": len(source),
+    }
+
+
+def cache_dir(root: str | Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return Path(root) / f"{key['tokenizer'][:12]}-{digest[:12]}"
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _dist()[1] > 1:
+        torch.distributed.barrier()
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+# --- posterior -------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def posterior(tokenizer, images: torch.Tensor, features=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) [B, *latent_shape] of the tokenizer's posterior for images [B, 3, H, W] in [-1, 1].
+
+    A tokenizer may define `posterior_moments(images, features)`; LDM AutoencoderKL tokenizers (SD-VAE, VA-VAE,
+    the stand-ins) give the diagonal Gaussian's mean and std (logvar clamped to [-30, 20] as LDM); FAE gives its
+    feature-VAE's mean and exp(logvar / 2) on the latent grid; any other tokenizer is deterministic (std 0)."""
+    from baselines.autoencoder import AETokenizer
+
+    if hasattr(tokenizer, "posterior_moments"):
+        return tokenizer.posterior_moments(images, features)
+    if isinstance(tokenizer, AETokenizer):
+        post = tokenizer.ae.encode(images)
+        return post.mean, post.std
+    if _is_fae(tokenizer):
+        mean, logvar = tokenizer.posterior(features)  # [B, T, C]
+        b, g = mean.shape[0], tokenizer.config.grid
+        grid = lambda t: t.transpose(1, 2).reshape(b, -1, g, g)  # noqa: E731  (as FAETokenizer.encode)
+        return grid(mean), grid(torch.exp(0.5 * logvar))
+    z = tokenizer.encode(images, features) if tokenizer.needs_features else tokenizer.encode(images)
+    return z, torch.zeros_like(z)
+
+
+def _is_fae(tokenizer) -> bool:
+    try:
+        from baselines.fae import FAETokenizer
+    except ImportError:
+        return False
+    return isinstance(tokenizer, FAETokenizer)
+
+
+def needs_features(tokenizer) -> bool:
+    """Whether extraction must pass frozen-encoder features (FAE); VA-VAE needs them only for its stage-1 loss."""
+    from baselines.autoencoder import AETokenizer
+
+    return bool(tokenizer.needs_features) and not isinstance(tokenizer, AETokenizer)
+
+
+# --- the cache -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LatentCache:
+    dir: Path
+    index: dict
+
+    @classmethod
+    def open(cls, directory: str | Path) -> LatentCache:
+        d = Path(directory)
+        p = d / "index.json"
+        if not p.is_file():
+            raise MissingInputError(
+                f"{d}: no latent cache index (index.json); build it with build_latent_cache"
+            )
+        return cls(d, json.loads(p.read_text()))
+
+    @property
+    def n(self) -> int:
+        return int(self.index["n"])
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.index["latent_shape"])
+
+    @property
+    def shard_size(self) -> int:
+        return int(self.index["shard_size"])
+
+    @property
+    def has_images(self) -> bool:
+        return bool(self.index["with_images"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.index["num_classes"])
+
+    def shard_path(self, k: int) -> Path:
+        return self.dir / self.index["shards"][k]["file"]
+
+    def locate(self, i: int) -> tuple[Path, int]:
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} out of range for a cache of {self.n}")
+        return self.shard_path(i // self.shard_size), i % self.shard_size
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.index["labels"], dtype=np.int64)
+
+    def stats(self, latents: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (mean, std) over images and positions of the un-flipped posterior means ("mean"), or of
+        posterior samples ("sample": var = var(mean) + E[std^2], what statistics over sampled latents converge
+        to, as LightningDiT's latents_stats.pt over posterior.sample() latents)."""
+        s = self.index["stats"]
+        if latents not in ("mean", "sample"):
+            raise OptionError(f"latent statistics of {latents!r}; known: mean, sample")
+        return torch.tensor(s["mean"], dtype=torch.float32), torch.tensor(
+            s[f"std_{latents}"], dtype=torch.float32
+        )
+
+    def verify(self) -> list[int]:
+        """Shard numbers whose file is missing or does not match its sha256."""
+        bad = []
+        for k, sh in enumerate(self.index["shards"]):
+            p = self.dir / sh["file"]
+            if not p.is_file() or _sha256_file(p) != sh["sha256"]:
+                bad.append(k)
+        return bad
+
+
+def _shard_name(k: int) -> str:
+    return f"shard_{k:05d}"
+
+
+def _shard_done(d: Path, k: int, start: int, count: int, with_images: bool) -> dict | None:
+    """The sidecar of shard k if the shard is finished and intact, else None."""
+    meta_p, data_p = d / f"{_shard_name(k)}.json", d / f"{_shard_name(k)}.safetensors"
+    if not (meta_p.is_file() and data_p.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_p.read_text())
+    except (OSError, ValueError):
+        return None
+    if (
+        meta.get("start") != start
+        or meta.get("count") != count
+        or (with_images and not meta.get("with_images"))
+    ):
+        return None
+    if _sha256_file(data_p) != meta.get("sha256"):
+        log.info(f"latent cache: {data_p.name} does not match its checksum; recomputing it")
+        return None
+    return meta
+
+
+class _Checked(torch.utils.data.Dataset):
+    """Items of `source[indices]` as (image, label, ok, message): a decode failure reaches the main process as
+    data, so the error names the file in one line instead of a worker traceback."""
+
+    def __init__(self, source: ImageSource, indices: range):
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int):
+        i = self.indices[j]
+        try:
+            img, y = self.source[i]
+            return img, y, True, ""
+        except CorruptInputError as e:
+            s = self.source.image_size
+            return torch.zeros(s, s, 3, dtype=torch.uint8), -1, False, str(e)
+
+
+@torch.no_grad()
+def _extract_shard(source, tokenizer, features, k, start, count, d, with_images, batch_size, num_workers,
+                   device, prog) -> dict:  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        _Checked(source, range(start, start + count)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=False,
+        pin_memory=str(device).startswith("cuda"),
+    )
+    out = {k_: [] for k_ in (*_LATENT_KEYS, "labels", *(("images",) if with_images else ()))}
+    for imgs, ys, ok, msg in loader:
+        if not bool(ok.all()):
+            raise CorruptInputError(next(m for m, g in zip(msg, ok) if not g))
+        x = to_model_range(imgs).to(device, non_blocking=True)
+        for flip in (False, True):
+            xi = x.flip(-1) if flip else x
+            f = features(xi) if features is not None and needs_features(tokenizer) else None
+            m, s = posterior(tokenizer, xi, f)
+            sfx = "_flip" if flip else ""
+            out["mean" + sfx].append(m.float().cpu())
+            out["std" + sfx].append(s.float().cpu())
+        out["labels"].append(ys.long())
+        if with_images:
+            out["images"].append(imgs.contiguous())
+        prog.update(len(ys))
+    tensors = {k_: torch.cat(v).contiguous() for k_, v in out.items()}
+    from safetensors.torch import save_file
+
+    path = d / f"{_shard_name(k)}.safetensors"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # one metadata key only: safetensors writes several in hash-map order, which would change the checksum
+    save_file(tensors, str(tmp), metadata={"range": f"{start}:{start + count}"})
+    os.replace(tmp, path)
+    m = tensors["mean"].double()
+    dims = [0] + list(range(2, m.ndim))
+    meta = {
+        "file": path.name,
+        "start": start,
+        "count": count,
+        "with_images": with_images,
+        "sha256": _sha256_file(path),
+        "bytes": path.stat().st_size,
+        "latent_shape": list(m.shape[1:]),
+        "elements_per_channel": int(m.numel() // m.shape[1]),
+        "sum": m.sum(dims).tolist(),
+        "sumsq": m.pow(2).sum(dims).tolist(),
+        "sumvar": tensors["std"].double().pow(2).sum(dims).tolist(),
+    }
+    _write_json(d / f"{_shard_name(k)}.json", meta)
+    return meta
+
+
+def _write_index(
+    d: Path, key: dict, source: ImageSource, shard_size: int, with_images: bool, n_shards: int
+) -> None:
+    metas = []
+    for k in range(n_shards):
+        start = k * shard_size
+        meta = _shard_done(d, k, start, min(shard_size, len(source) - start), with_images)
+        if meta is None:
+            raise RuntimeError(f"latent cache {d}: shard {k} is missing or corrupt after extraction")
+        metas.append(meta)
+    count = sum(m["elements_per_channel"] for m in metas)
+    s = np.sum([m["sum"] for m in metas], 0)
+    sq = np.sum([m["sumsq"] for m in metas], 0)
+    sv = np.sum([m["sumvar"] for m in metas], 0)
+    mean = s / count
+    var_mean = np.maximum(sq - count * mean**2, 0.0) / max(1, count - 1)  # unbiased, as torch.std
+    index = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "n": len(source),
+        "num_classes": source.num_classes,
+        "image_size": source.image_size,
+        "source": source.describe(),
+        "shard_size": shard_size,
+        "with_images": with_images,
+        "latent_shape": metas[0]["latent_shape"],
+        "labels": [source.label(i) for i in range(len(source))],
+        "shards": [{k: m[k] for k in ("file", "start", "count", "sha256", "bytes")} for m in metas],
+        "stats": {
+            "mean": mean.tolist(),
+            "std_mean": np.sqrt(var_mean).tolist(),
+            "std_sample": np.sqrt(var_mean + sv / count).tolist(),
+            "elements_per_channel": count,
+            "over": "un-flipped images, all positions",
+        },
+    }
+    _write_json(d / "index.json", index)
+
+
+def build_latent_cache(
+    source: ImageSource,
+    tokenizer,
+    root: str | Path,
+    *,
+    features=None,
+    with_images: bool = False,
+    shard_size: int = 10_000,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    tokenizer_hash: str | None = None,
+    desc: str = "latent cache",
+) -> LatentCache:
+    """Encode `source` (and its flips) with the frozen `tokenizer` into the cache under `root`, or reuse it.
+
+    Every rank of an initialised process group must call it (collective: barriers); rank r extracts shards
+    r, r + world, ...; finished, checksum-verified shards are skipped; rank 0 writes index.json last. The
+    default shard size is LightningDiT's (extract_features.py: 10000 images per safetensors file)."""
+    if shard_size < 1:
+        raise OptionError(f"shard_size must be >= 1, got {shard_size}")
+    if len(source) == 0:
+        raise CorruptInputError(f"{source.describe()}: no images")
+    if needs_features(tokenizer) and features is None:
+        raise OptionError(f"{type(tokenizer).__name__} encodes with frozen-encoder features: pass features=")
+    rank, world = _dist()
+    key = cache_key(source, tokenizer, tokenizer_hash)
+    d = cache_dir(root, key)
+    index_p = d / "index.json"
+    if index_p.is_file():
+        cache = LatentCache.open(d)
+        intact = all(
+            (d / sh["file"]).is_file() and (d / sh["file"]).stat().st_size == sh["bytes"]
+            for sh in cache.index["shards"]
+        )  # fmt: skip  (full sha256 check: cache.verify())
+        if cache.index.get("key") == key and (cache.has_images or not with_images) and intact:
+            log.info(f"{desc}: reusing {d} ({cache.n} images)")
+            _barrier()
+            return cache
+    _barrier()  # everyone has looked at the old index before rank 0 may remove it
+    if rank == 0:
+        d.mkdir(parents=True, exist_ok=True)
+        index_p.unlink(missing_ok=True)
+        _write_json(d / "key.json", key)
+    _barrier()
+    n_shards = math.ceil(len(source) / shard_size)
+    mine = range(rank, n_shards, world)
+    todo = []
+    for k in mine:
+        start = k * shard_size
+        count = min(shard_size, len(source) - start)
+        if _shard_done(d, k, start, count, with_images) is None:
+            todo.append((k, start, count))
+    done = len(mine) - len(todo)
+    log.info(f"{desc}: {d}, {n_shards} shards of {shard_size}; rank {rank}/{world}: {len(todo)} to extract"
+             + (f", {done} already done" if done else ""))  # fmt: skip
+    was_training = tokenizer.training
+    tokenizer.eval()
+    try:
+        with Progress(f"{desc} (rank {rank})", total=sum(c for _, _, c in todo), unit="img") as prog:
+            for k, start, count in todo:
+                _extract_shard(source, tokenizer, features, k, start, count, d, with_images, batch_size,
+                               num_workers, device, prog)  # fmt: skip
+    finally:
+        tokenizer.train(was_training)
+    _barrier()
+    if rank == 0:
+        _write_index(d, key, source, shard_size, with_images, n_shards)
+    _barrier()
+    return LatentCache.open(d)
+
+
+# --- dataset ---------------------------------------------------------------------------------------------------
+
+_FLIP_STREAM, _EPS_STREAM = 0x0F11B, 0x0E95
+
+
+def draw_generator(seed: int, *key: int) -> torch.Generator:
+    """A torch generator seeded by a fixed mix of (seed, *key) (baselines.api.sample_seed chained)."""
+    s = int(seed)
+    for k in key:
+        s = sample_seed(s, int(k))
+    return torch.Generator().manual_seed(s % (1 << 63))
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """Training items from a latent cache; `ds[i]` or `ds[(epoch, i)]` -> (latent, label[, image]).
+
+    latent: the posterior mean ("mean"), mean + std * eps with eps fresh per (epoch, i) ("sample"), or with eps
+    fixed per i ("sample_once"); of the flipped image with probability `hflip` (drawn per (epoch, i)). image
+    (with_images): the cropped uint8 image [3, H, W], flipped with its latent. Latents are raw (un-normalised):
+    the trainer normalises batches on the device with the tokenizer's statistics."""
+
+    def __init__(self, cache: LatentCache, *, posterior: str = "mean", hflip: float = 0.0, seed: int = 0,
+                 with_images: bool = False):  # fmt: skip
+        if posterior not in POSTERIOR_MODES:
+            raise OptionError(f"unknown posterior mode {posterior!r}; known: {', '.join(POSTERIOR_MODES)}")
+        if not 0.0 <= hflip <= 1.0:
+            raise OptionError(f"hflip must be a probability in [0, 1], got {hflip}")
+        if with_images and not cache.has_images:
+            raise OptionError(f"latent cache {cache.dir} holds no images; rebuild it with with_images=True")
+        self.cache, self.posterior, self.hflip, self.seed = cache, posterior, float(hflip), int(seed)
+        self.with_images = with_images
+        self.epoch = 0
+        self._labels = cache.labels()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.cache.n
+
+    def draws(self, epoch: int, i: int) -> tuple[bool, torch.Tensor | None]:
+        """(flipped, eps) of sample i in `epoch`: pure functions of (seed, epoch, i)."""
+        flipped = False
+        if self.hflip > 0:
+            u = torch.rand((), generator=draw_generator(self.seed, _FLIP_STREAM, epoch, i))
+            flipped = bool(u < self.hflip)
+        eps = None
+        if self.posterior == "sample":
+            eps = torch.randn(
+                self.cache.latent_shape, generator=draw_generator(self.seed, _EPS_STREAM, epoch, i, flipped)
+            )
+        elif self.posterior == "sample_once":
+            eps = torch.randn(
+                self.cache.latent_shape, generator=draw_generator(self.seed, _EPS_STREAM, i, flipped)
+            )
+        return flipped, eps
+
+    def __getitem__(self, item):
+        epoch, i = item if isinstance(item, tuple) else (self.epoch, item)
+        i = int(i)
+        flipped, eps = self.draws(epoch, i)
+        path, j = self.cache.locate(i)
+        from safetensors import safe_open
+
+        sfx = "_flip" if flipped else ""
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            z = f.get_slice("mean" + sfx)[j : j + 1][0]
+            if eps is not None:
+                z = z + f.get_slice("std" + sfx)[j : j + 1][0] * eps
+            img = f.get_slice("images")[j : j + 1][0] if self.with_images else None
+        y = torch.tensor(self._labels[i], dtype=torch.int64)
+        if img is None:
+            return z, y
+        img = img.permute(2, 0, 1)
+        return z, y, (img.flip(-1) if flipped else img).contiguous()
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Wraps a sampler (e.g. DistributedSampler) to yield (epoch, index): the dataset's draws then follow the
+    epoch even in persistent worker processes. `set_epoch` updates both."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        e = self.epoch
+        return ((e, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def latent_loader(dataset: LatentDataset, batch_size: int, *, rank: int = 0, world: int = 1, seed: int = 0,
+                  shuffle: bool = True, drop_last: bool = True, num_workers: int = 0,
+                  pin_memory: bool | None = None, persistent_workers: bool = False):  # fmt: skip
+    """(DataLoader, EpochSampler) over `dataset` for one rank: DistributedSampler(shuffle, seed) partitions a
+    permutation of the data set; with the per-rank batch = global batch / world, global batch b holds the same
+    indices for any world size (positions [b * B, (b + 1) * B) of the epoch's permutation)."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    inner = DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+    )
+    sampler = EpochSampler(inner)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+        persistent_workers=persistent_workers and num_workers > 0,
+    )
+    return loader, sampler
