@@ -3,9 +3,10 @@ sharded across ranks, written as checksummed, resumable ADM-format npz shards me
 
 API (what the trainer calls):
     out = generate(backbone, n, num_classes, seed, image_size, *, batch_size=128, device="cpu",
-                   out_dir=None, shard_size=1000, labels="equal", return_images=None, desc="sample", **sampler)
+                   out_dir=None, shard_size=1000, labels="equal", uint8=None, return_images=None, desc="sample",
+                   **sampler)
         -> dict(images uint8 [n, H, W, 3] | None, labels int64 [n], n_nonfinite, nonfinite bool [n], seconds,
-                path: merged npz | None, shards: [paths])
+                path: merged npz | None, shards: [paths], uint8: the conversion used)
     sample_labels(indices, num_classes, seed, mode="equal"|"random") -> int64 labels
     read_samples_meta(npz_path) -> dict  (the sidecar: sha256, label mode, uint8 convention, n_nonfinite, ...)
 
@@ -77,19 +78,41 @@ def _dist():
     return 0, 1
 
 
-def _convert(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _accepts(fn, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(fn).parameters
+
+
+def uint8_convention(requested: str | None = None) -> str:
+    """The uint8 conversion for samples: `requested`, else bench.metrics' default (ADM's truncation once the
+    named conventions of issue 13 item 3 exist; until then its rounding). Recorded with every sample file."""
+    from bench.metrics import adm_npz
+
+    default = getattr(adm_npz, "DEFAULT_UINT8", "round")
+    known = getattr(adm_npz, "UINT8_CONVENTIONS", ("round",))
+    conv = requested or default
+    if conv not in known:
+        raise OptionError(f"unknown uint8 convention {conv!r}; known: {', '.join(known)}")
+    return conv
+
+
+def _convert(x: torch.Tensor, convention: str) -> tuple[np.ndarray, np.ndarray]:
     """Decoded float images [B, 3, H, W] -> (uint8 NHWC, non-finite mask [B]) through bench.metrics' converter,
     which flags NaN/Inf samples before it clamps (and stores them as zeros)."""
     from bench.metrics.adm_npz import to_uint8_counted
 
-    return to_uint8_counted(x.detach().float().cpu())
+    x = x.detach().float().cpu()
+    if _accepts(to_uint8_counted, "convention"):
+        return to_uint8_counted(x, convention=convention)
+    return to_uint8_counted(x)
 
 
-def uint8_convention() -> str:
-    """Name of the uint8 conversion bench.metrics applies (recorded with every sample file)."""
-    from bench.metrics import adm_npz
+def _write_shard(path: Path, images, labels, bad, convention: str) -> None:
+    from bench.metrics import write_samples_npz
 
-    return str(getattr(adm_npz, "UINT8_CONVENTION", "round"))
+    extra = {"uint8_convention": convention} if _accepts(write_samples_npz, "uint8_convention") else {}
+    write_samples_npz(path, images, labels, nonfinite=bad, **extra)
 
 
 def _sha256(path: Path) -> str:
@@ -124,12 +147,12 @@ def _jsonable(v):
 
 
 @torch.no_grad()
-def _sample_batch(backbone, idx, num_classes, seed, label_mode, latent_shape, device, sampler):
+def _sample_batch(backbone, idx, num_classes, seed, label_mode, latent_shape, device, sampler, convention):
     gens = sample_generators(seed, idx, device="cpu")
     noise = randn_per_sample(gens, latent_shape).to(device)
     labels = sample_labels(idx, num_classes, seed, label_mode)
     x = backbone.sample_images(torch.from_numpy(labels).to(device), noise, gens, **sampler)
-    u8, bad = _convert(x)
+    u8, bad = _convert(x, convention)
     return u8, labels, bad
 
 
@@ -162,6 +185,7 @@ def generate(
     out_dir: Path | None = None,
     shard_size: int = 1000,
     labels: str = "equal",
+    uint8: str | None = None,
     return_images: bool | None = None,
     desc: str = "sample",
     **sampler,
@@ -173,6 +197,7 @@ def generate(
         raise OptionError(f"unknown label mode {labels!r}; known: {', '.join(LABEL_MODES)}")
     if n < 1 or batch_size < 1 or shard_size < 1:
         raise OptionError(f"n, batch_size and shard_size must be >= 1, got {n}, {batch_size}, {shard_size}")
+    convention = uint8_convention(uint8)
     rank, world = _dist()
     latent_shape = backbone.tokenizer.latent_shape(image_size)
     backbone.generator.eval()
@@ -180,27 +205,27 @@ def generate(
     t0 = time.perf_counter()
     if out_dir is None:
         out = _generate_in_memory(backbone, n, num_classes, seed, labels, latent_shape, batch_size, device,
-                                  desc, rank, world, sampler)  # fmt: skip
+                                  desc, rank, world, sampler, convention)  # fmt: skip
     else:
         out = _generate_shards(backbone, n, num_classes, seed, image_size, labels, latent_shape, batch_size,
                                device, Path(out_dir), shard_size, desc, rank, world, sampler,
-                               bool(return_images))  # fmt: skip
+                               bool(return_images), convention)  # fmt: skip
     out["labels"] = sample_labels(np.arange(n), num_classes, seed, labels)
     out["n_nonfinite"] = int(out["nonfinite"].sum())
     out["seconds"] = time.perf_counter() - t0
+    out["uint8"] = convention
     return out
 
 
 def _generate_in_memory(backbone, n, num_classes, seed, label_mode, latent_shape, batch_size, device, desc,
-                        rank, world, sampler) -> dict:  # fmt: skip
+                        rank, world, sampler, convention) -> dict:  # fmt: skip
     mine = np.arange(rank, n, world)
     images, bads = [], []
     with Progress(desc, total=len(mine), unit="img") as prog:
         for s in range(0, len(mine), batch_size):
             idx = mine[s : s + batch_size]
-            u8, _, bad = _sample_batch(
-                backbone, idx, num_classes, seed, label_mode, latent_shape, device, sampler
-            )
+            u8, _, bad = _sample_batch(backbone, idx, num_classes, seed, label_mode, latent_shape, device, sampler,
+                                       convention)  # fmt: skip
             images.append(u8)
             bads.append(bad)
             prog.update(len(idx))
@@ -219,13 +244,13 @@ def _generate_in_memory(backbone, n, num_classes, seed, label_mode, latent_shape
 
 
 def _generate_shards(backbone, n, num_classes, seed, image_size, label_mode, latent_shape, batch_size, device,
-                     out_dir, shard_size, desc, rank, world, sampler, return_images) -> dict:  # fmt: skip
-    from bench.metrics import merge_shards, read_npz, write_samples_npz
+                     out_dir, shard_size, desc, rank, world, sampler, return_images, convention) -> dict:  # fmt: skip
+    from bench.metrics import merge_shards, read_npz
 
     out_dir.mkdir(parents=True, exist_ok=True)
     n_shards = math.ceil(n / shard_size)
     common = {"seed": int(seed), "labels": label_mode, "num_classes": int(num_classes), "image_size": int(image_size),
-              "uint8": uint8_convention(), "sampler": _jsonable(sampler), "n_total": int(n)}  # fmt: skip
+              "uint8": convention, "sampler": _jsonable(sampler), "n_total": int(n)}  # fmt: skip
     paths = [out_dir / f"samples_{k:05d}.npz" for k in range(n_shards)]
 
     def settings(k):
@@ -244,13 +269,13 @@ def _generate_shards(backbone, n, num_classes, seed, image_size, label_mode, lat
             for s in range(0, len(idx_all), batch_size):
                 idx = idx_all[s : s + batch_size]
                 u8, lab, bad = _sample_batch(backbone, idx, num_classes, seed, label_mode, latent_shape, device,
-                                             sampler)  # fmt: skip
+                                             sampler, convention)  # fmt: skip
                 u8s.append(u8)
                 labs.append(lab)
                 bads.append(bad)
                 prog.update(len(idx))
             bad = np.concatenate(bads)
-            write_samples_npz(paths[k], np.concatenate(u8s), np.concatenate(labs), nonfinite=bad)
+            _write_shard(paths[k], np.concatenate(u8s), np.concatenate(labs), bad, convention)
             _write_json(paths[k].with_suffix(".json"), {**st, "sha256": _sha256(paths[k]), "n_nonfinite": int(bad.sum()),
                         "nonfinite_index": (np.flatnonzero(bad) + st["start"]).tolist()})  # fmt: skip
     if world > 1:
@@ -262,12 +287,16 @@ def _generate_shards(backbone, n, num_classes, seed, image_size, label_mode, lat
             raise RuntimeError(
                 f"{out_dir}: shard(s) {', '.join(missing[:5])} missing or corrupt after sampling"
             )
-        merge_shards(paths, merged)
         metas = [read_samples_meta(p) for p in paths]
-        nonfinite_index = [i for m in metas for i in m["nonfinite_index"]]
-        _write_json(merged.with_suffix(".json"), {**common, "start": 0, "count": int(n), "sha256": _sha256(merged),
-                    "n_nonfinite": len(nonfinite_index), "nonfinite_index": nonfinite_index,
-                    "shards": [p.name for p in paths]})  # fmt: skip
+        shard_sums = [m["sha256"] for m in metas]
+        if not _shard_ok(
+            merged, {**common, "shard_sha256": shard_sums}
+        ):  # else: merged from these very shards
+            merge_shards(paths, merged)
+            nonfinite_index = [i for m in metas for i in m["nonfinite_index"]]
+            _write_json(merged.with_suffix(".json"), {**common, "start": 0, "count": int(n), "sha256": _sha256(merged),
+                        "n_nonfinite": len(nonfinite_index), "nonfinite_index": nonfinite_index,
+                        "shards": [p.name for p in paths], "shard_sha256": shard_sums})  # fmt: skip
     if world > 1:
         torch.distributed.barrier()
     meta = read_samples_meta(merged)
