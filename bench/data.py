@@ -353,6 +353,7 @@ def data_sources(
         missing.append(f"- ADM reference batch: {ref} does not exist")
     if missing:
         raise MissingInputError(f"suite {suite.name} cannot start; missing inputs:\n" + "\n".join(missing))
+    _check_reference(Path(ref))
     train = ImageFolder(folder, size)
     if train.num_classes != suite.num_classes:
         log.info(
@@ -360,3 +361,17 @@ def data_sources(
         )
     return DataSources(kind="imagenet", train=train, test=None, reference=Path(ref),
                        num_classes=train.num_classes, image_size=size)  # fmt: skip
+
+
+def _check_reference(path: Path) -> None:
+    """The reference batch must be a readable ADM npz with statistics or images (bench.metrics' reader)."""
+    from bench.metrics import read_npz
+
+    try:
+        batch = read_npz(path)
+    except ValueError as e:  # NpzFormatError: names the file and the problem
+        raise CorruptInputError(str(e)) from None
+    if "mu" not in batch.stats and not batch.has_images:
+        raise CorruptInputError(
+            f"{path}: an ADM reference batch holds mu/sigma or images (arr_0); this has neither"
+        )

@@ -11,6 +11,7 @@ from PIL import Image
 from bench import suites
 from bench.data import EmbeddedImages, ImageFolder, center_crop_arr, data_sources, embedded_images, load_image
 from bench.errors import CorruptInputError, MissingInputError
+from bench.metrics import write_stats_npz
 
 
 def _adm_crop_written_out(im: Image.Image, size: int) -> np.ndarray:
@@ -135,7 +136,10 @@ def test_sources_per_suite(tree, tmp_path, monkeypatch):
         data_sources(suites.IMAGENET256)
     assert "GENBENCH_IMAGENET" in str(e.value) and "VIRTUAL_imagenet256_labeled.npz" in str(e.value)
     ref = tmp_path / "VIRTUAL_imagenet256_labeled.npz"
-    ref.write_bytes(b"")
+    ref.write_bytes(b"not a zip")
+    with pytest.raises(CorruptInputError, match="VIRTUAL_imagenet256_labeled.npz: not a readable npz"):
+        data_sources(suites.IMAGENET256, imagenet=tree, reference=ref)
+    write_stats_npz(ref, {"mu": np.zeros(4), "sigma": np.eye(4)})
     s = data_sources(suites.IMAGENET256, imagenet=tree, reference=ref, image_size=64)
     assert s.kind == "imagenet" and s.test is None and s.reference == ref
     assert isinstance(s.train, ImageFolder) and s.train.image_size == 64 and s.num_classes == 3
