@@ -415,13 +415,21 @@ class AETokenizer(Tokenizer):
 
 
 class SDVAETokenizer(AETokenizer):
-    """Frozen SD-VAE from a local diffusers folder; latents scaled by the folder's scaling_factor (0.18215)."""
+    """Frozen SD-VAE from a local diffusers folder; latents scaled by the folder's scaling_factor (0.18215).
+
+    `decoder_folder` decodes with another SD-VAE's decoder (same architecture): REPA trains on sd-vae-ft-MSE
+    latents (sihyun-yu/REPA train.py:176) but its FID samples decode with sd-vae-ft-EMA (generate.py:88, 193)."""
 
     trainable = False
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, decoder_folder: str | Path | None = None):
         super().__init__()
         self.ae = load_diffusers_vae(folder)
+        if decoder_folder is not None:
+            other = load_diffusers_vae(decoder_folder)
+            self.ae.decoder.load_state_dict(other.decoder.state_dict(), strict=True)
+            self.ae.post_quant_conv.load_state_dict(other.post_quant_conv.state_dict(), strict=True)
+        self.decoder_folder = None if decoder_folder is None else str(decoder_folder)
         self.ae.requires_grad_(False).eval()
         self.latent_scale = self.ae.scaling_factor
 

@@ -83,6 +83,16 @@ VAVAE_CONFIGS: dict[str, tuple[dict[str, Any], int]] = {
 OFFICIAL_LOSS = dict(kl_weight=1e-6, disc_weight=0.5, disc_start=5001, perceptual_weight=1.0, vf_weight=0.1,
                      adaptive_vf=True, distmat_margin=0.25, cos_margin=0.5, distmat_weight=1.0, cos_weight=1.0)  # fmt: skip
 
+# The released tokenizer's budget (vavae/configs/f16d32_vfdinov2_long.yaml:1-9, 74; docs/log.txt:6): 100 epochs
+# with vf_weight 0.5 and no margins, 15 with vf_weight 0.1, 15 with the margins 0.25 / 0.5. Phases as
+# (end, as a fraction of stage-1 steps; loss overrides). The release restarts each phase from the previous weights
+# with a fresh optimiser (weight_init) and disc_start 1; here one run continues (the GAN is already on by then).
+LONG_PHASES: tuple[tuple[float, dict[str, float]], ...] = (
+    (100 / 130, dict(vf_weight=0.5, distmat_margin=0.0, cos_margin=0.0)),
+    (115 / 130, dict(vf_weight=0.1, distmat_margin=0.0, cos_margin=0.0)),
+    (1.0, dict(vf_weight=0.1, distmat_margin=0.25, cos_margin=0.5)),
+)
+
 
 class VAVAETokenizer(AETokenizer):
     """The VA-VAE as a Tokenizer. `loss(images, features, step)` is the official generator-side loss plus the
@@ -94,13 +104,20 @@ class VAVAETokenizer(AETokenizer):
 
     def __init__(self, config: str = "tiny", vf_feature_dim: int = 1024, *, perceptual: str = "auto",
                  vgg_path: str | Path | None = None, disc_ndf: int = 64, disc_layers: int = 3,
+                 phases: tuple[tuple[float, dict[str, float]], ...] | None = None,
                  **loss_overrides: Any):  # fmt: skip
         super().__init__()
         if config not in VAVAE_CONFIGS:
             raise ValueError(f"unknown VA-VAE config {config!r}; known: {', '.join(VAVAE_CONFIGS)}")
         unknown = sorted(set(loss_overrides) - set(OFFICIAL_LOSS))
+        unknown += sorted(
+            {k for _, o in (phases or ()) for k in o} - {"vf_weight", "distmat_margin", "cos_margin"}
+        )
         if unknown:
             raise ValueError(f"unknown VA-VAE loss option(s) {unknown}; known: {sorted(OFFICIAL_LOSS)}")
+        if phases and (phases[-1][0] != 1.0 or any(a[0] >= b[0] for a, b in zip(phases, phases[1:]))):
+            raise ValueError(f"VA-VAE phases must end at increasing fractions, the last at 1.0; got {phases}")
+        self.phases = tuple(phases or ())
         dd, embed_dim = VAVAE_CONFIGS[config]
         self.ae = VAVAE(dd, embed_dim, vf_feature_dim)
         self.hp = {**OFFICIAL_LOSS, **loss_overrides}
@@ -110,22 +127,34 @@ class VAVAETokenizer(AETokenizer):
             vgg_path=vgg_path, disc_ndf=disc_ndf, disc_layers=disc_layers,
         )  # fmt: skip
 
+    def hp_at(self, step: int) -> dict[str, Any]:
+        """Loss hyper-parameters at stage-1 step `step` (of `total_steps`): the phase's overrides, if any."""
+        if not self.phases:
+            return self.hp
+        if not isinstance(self.total_steps, int) or self.total_steps < 1:
+            raise ValueError(
+                f"set tokenizer.total_steps (a positive int) before a phased stage 1; got {self.total_steps!r}"
+            )
+        frac = step / self.total_steps
+        overrides = next((o for end, o in self.phases if frac < end), self.phases[-1][1])
+        return {**self.hp, **overrides}
+
     # stage 1
     def loss(self, images, features=None, step: int = 0, generator: torch.Generator | None = None):
         if features is None:
             raise ValueError(
                 "VA-VAE training needs the frozen foundation model's features (Backbone.encoder)"
             )
+        hp = self.hp_at(step)
         posterior = self.ae.encode(images)
         z = posterior.sample(generator)  # [B,E,h,w]
         rec = self.ae.decode(z)
         zp, aux = self.ae.project(z, tokens_to_map(features.to(z.dtype), z.shape[2], z.shape[3]))
-        vf = vf_loss(zp, aux, self.hp["distmat_margin"], self.hp["cos_margin"], self.hp["distmat_weight"],
-                     self.hp["cos_weight"])  # fmt: skip
+        vf = vf_loss(zp, aux, hp["distmat_margin"], hp["cos_margin"], hp["distmat_weight"], hp["cos_weight"])
         out = self.loss_fn(
             images, rec, posterior, step, last_layer=self.ae.decoder.conv_out.weight, vf_loss=vf["vf_loss"],
-            vf_weight=self.hp["vf_weight"], enc_last_layer=self.ae.encoder.conv_out.weight,
-            adaptive_vf=self.hp["adaptive_vf"],
+            vf_weight=hp["vf_weight"], enc_last_layer=self.ae.encoder.conv_out.weight,
+            adaptive_vf=hp["adaptive_vf"],
         )  # fmt: skip
         out.update(vf_distmat=vf["vf_distmat"].detach(), vf_cos=vf["vf_cos"].detach())
         return out
