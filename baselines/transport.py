@@ -69,17 +69,29 @@ VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x float64 state, 
 
 
 def euler_ode(
-    velocity: VelocityFn, x: torch.Tensor, steps: int, *, heun: bool = False, shift: float = 1.0
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    steps: int,
+    *,
+    heun: bool = False,
+    shift: float = 1.0,
+    heun_guidance_at_t_cur: bool = False,
 ) -> torch.Tensor:
     """Euler (or Heun) integration of dx/dt = v from t = 1 to 0 on linspace(1, 0, steps + 1) (shifted).
-    State kept in float64 as in the official sampler."""
+    State kept in float64 as in the official sampler. With `heun_guidance_at_t_cur`, Heun's second evaluation
+    (at t_next) is called as velocity(x, t_next, guide_t=t_cur): REPA decides guidance there by t_cur
+    (sihyun-yu/REPA samplers.py:84, 97)."""
     ts = shift_time(torch.linspace(1, 0, steps + 1, dtype=torch.float64), shift).tolist()
     x = x.double()
     for i, (t_cur, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         v = velocity(x, t_cur)
         x_next = x + (t_next - t_cur) * v
         if heun and i < steps - 1:
-            v2 = velocity(x_next, t_next)
+            v2 = (
+                velocity(x_next, t_next, guide_t=t_cur)
+                if heun_guidance_at_t_cur
+                else velocity(x_next, t_next)
+            )
             x_next = x + (t_next - t_cur) * (0.5 * v + 0.5 * v2)
         x = x_next
     return x
@@ -205,15 +217,19 @@ class FlowMatchingGenerator(Generator):
         guidance_channels: int | None = None,
         time_shift: float = 1.0,
         heun: bool = False,
+        heun_guidance: str = "t_cur",
         t_last: float = 0.04,
     ):
         if mode not in ("ode", "sde"):
             raise ValueError(f"sampler mode must be 'ode' or 'sde', got {mode!r}")
+        _check_heun_guidance(heun_guidance)
         dtype = next(self.net.parameters()).dtype
         null = torch.full_like(labels, self.num_classes)
 
-        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-            w = guidance_scale_at(t, guidance, guidance_interval, guidance_schedule)
+        def velocity(x: torch.Tensor, t: float, guide_t: float | None = None) -> torch.Tensor:
+            w = guidance_scale_at(
+                t if guide_t is None else guide_t, guidance, guidance_interval, guidance_schedule
+            )
             xin = x.to(dtype)
             if w == 1.0:
                 tt = torch.full((x.shape[0],), t, device=x.device, dtype=dtype)
@@ -226,7 +242,8 @@ class FlowMatchingGenerator(Generator):
             return guided
 
         if mode == "ode":
-            x = euler_ode(velocity, noise, steps, heun=heun, shift=time_shift)
+            x = euler_ode(velocity, noise, steps, heun=heun, shift=time_shift,
+                          heun_guidance_at_t_cur=heun_guidance == "t_cur")  # fmt: skip
         else:
             if generators is None:
                 raise ValueError("SDE sampling needs per-sample generators")
@@ -249,13 +266,18 @@ class FlowMatchingGenerator(Generator):
         guidance_interval=None,
         guidance_schedule=None,
         heun: bool = False,
+        heun_guidance: str = "t_cur",
         time_shift: float = 1.0,
         t_last: float = 0.04,
         **_,
     ):
+        _check_heun_guidance(heun_guidance)
         if mode == "ode":
             ts = shift_time(torch.linspace(1, 0, steps + 1, dtype=torch.float64), time_shift).tolist()
-            evals = [ts[i] for i in range(steps)] + ([ts[i + 1] for i in range(steps - 1)] if heun else [])
+            second = 0 if heun_guidance == "t_cur" else 1  # the time that decides guidance of Heun's 2nd call
+            evals = [ts[i] for i in range(steps)] + (
+                [ts[i + second] for i in range(steps - 1)] if heun else []
+            )
         else:
             evals = shift_time(torch.linspace(1, t_last, steps, dtype=torch.float64), time_shift).tolist()
         return int(
@@ -269,6 +291,11 @@ class FlowMatchingGenerator(Generator):
         if hasattr(self.net, "flops_per_image"):
             return float(self.net.flops_per_image())
         return count_forward_flops(self.net, self.latent_shape, self.num_classes)
+
+
+def _check_heun_guidance(value: str) -> None:
+    if value not in ("t_cur", "t_next"):
+        raise ValueError(f"heun_guidance must be 't_cur' (REPA's sampler) or 't_next', got {value!r}")
 
 
 def projection_loss(zs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:

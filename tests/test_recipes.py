@@ -54,3 +54,59 @@ def test_vavae_long_schedule_phases():
     assert float(early["vf_cos"]) > float(late["vf_cos"]) + 0.3  # relu(1 - cos) vs relu(0.5 - cos), cos ~ 0
     with pytest.raises(ValueError, match="phases"):
         VAVAETokenizer("tiny", 32, phases=((0.5, {}), (0.9, {})))
+
+
+class _TinyVelocity(torch.nn.Module):
+    """v(x, t, y) = a_y * x + b * t: class-dependent, so guidance matters; null class = num_classes."""
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.linspace(-1.0, 1.0, num_classes + 1))
+        self.b = torch.nn.Parameter(torch.tensor(0.7))
+
+    def forward(self, x, t, y):
+        return self.a[y].view(-1, 1, 1, 1) * x + self.b * t.view(-1, 1, 1, 1)
+
+
+def _repa_heun(net, x, y, steps, w, hi):
+    """REPA samplers.py:46-102 (euler_sampler, heun=True): guidance of BOTH evaluations decided by t_cur <= hi."""
+    ts = torch.linspace(1, 0, steps + 1, dtype=torch.float64).tolist()
+    null = torch.full_like(y, 3)
+
+    def v(x_, t, guided):
+        tt = torch.full((len(x_),), t)
+        if not guided:
+            return net(x_.float(), tt, y).double()
+        c, u = net(x_.float(), tt, y).double(), net(x_.float(), tt, null).double()
+        return u + w * (c - u)
+
+    x = x.double()
+    for i, (tc, tn) in enumerate(zip(ts[:-1], ts[1:])):
+        g = tc <= hi
+        d = v(x, tc, g)
+        x_next = x + (tn - tc) * d
+        if i < steps - 1:
+            x_next = x + (tn - tc) * (0.5 * d + 0.5 * v(x_next, tn, g))
+        x = x_next
+    return x
+
+
+def test_heun_second_evaluation_guided_by_t_cur_as_repa():
+    """13c: REPA's Heun decides the guidance of its second evaluation (at t_next) by t_cur; `t_next` stays an
+    option. Steps 4 put t_cur = 0.75 outside and t_next = 0.5 inside the interval t <= 0.7."""
+    from baselines.transport import FlowMatchingGenerator
+
+    gen = FlowMatchingGenerator(_TinyVelocity(), (1, 2, 2), 3).eval()
+    y, noise = torch.tensor([0, 2]), torch.randn(2, 1, 2, 2)
+    kw = dict(mode="ode", steps=4, heun=True, guidance=2.0, guidance_interval=(0.0, 0.7))
+    with torch.no_grad():
+        ours = gen.sample(y, noise, **kw)
+        other = gen.sample(y, noise, **kw, heun_guidance="t_next")
+        want = _repa_heun(gen.net, noise, y, 4, 2.0, 0.7).float()
+    torch.testing.assert_close(ours, want, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(ours, other)
+    # evaluations: first 0.75 (1) 0.5 (2) 0.25 (2) 0 (2) ... + second decided at t_cur 1, .75, .5 -> 1 + 1 + 2
+    assert gen.nfe(**kw) == (1 + 1 + 2 + 2) + (1 + 1 + 2)
+    assert gen.nfe(**kw, heun_guidance="t_next") == (1 + 1 + 2 + 2) + (1 + 2 + 2)
+    with pytest.raises(ValueError, match="heun_guidance"):
+        gen.nfe(**kw, heun_guidance="t_mid")
