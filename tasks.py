@@ -36,12 +36,13 @@ def bench(c, suite="smoke", backbones="", out="results", seed=0, device="cpu", r
         raise Exit(code=code)
 
 
-@task(help={"results": "results root (default: results)", "out": "reports root (default: reports)"})
-def report(c, results="results", out="reports"):
-    """Rebuild every table and plot from the results store alone."""
+@task(help={"results": "results root (default: results)", "out": "reports root (default: reports)",
+            "suite": "only this suite (default: every suite in the store)"})  # fmt: skip
+def report(c, results="results", out="reports", suite=""):
+    """Rebuild tables, figures and the HTML pages (reports/<suite>/index.html) from the results store alone."""
     from bench.report import main
 
-    code = main(["--results", results, "--out", out])
+    code = main(["--results", results, "--out", out] + (["--suite", suite] if suite else []))
     if code:
         raise Exit(code=code)
 
