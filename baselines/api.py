@@ -117,6 +117,13 @@ class Generator(nn.Module):
         """Family-specific held-out metrics (e.g. bits/dim for flows). Default: none."""
         return {}
 
+    def apply_recipe(self, recipe: Recipe, epoch: float = 0.0) -> None:
+        """Training-time settings the recipe owns, applied by the trainer before a step `epoch` epochs into
+        training (fractional): the label dropout (the generator is built before suite overrides) and, in
+        subclasses, schedules such as LightningDiT's logit-normal t switched off mid-training."""
+        if hasattr(self, "label_drop"):
+            self.label_drop = float(recipe.label_drop)
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -139,15 +146,27 @@ class Recipe:
     grad_clip: float | None = None
     label_drop: float = 0.1
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (CUDA only); applied by the trainer as autocast
-    warmup_epochs: float = 0.0  # linear lr warmup over this many epochs (the flows' "one epoch"); adds to warmup_steps
+    warmup_epochs: float = (
+        0.0  # linear lr warmup over this many epochs (the flows' "one epoch"); adds to warmup_steps
+    )
     # how the generator's training latents come from the tokenizer's posterior:
     # "mean" (posterior mean), "sample" (a fresh posterior sample every step: REPA, STARFlow),
     # "sample_once" (one posterior sample per image, drawn at extraction: LightningDiT's released latents)
     posterior: str = "mean"
-    hflip: float = 0.0  # probability that a training image / its cached latent is the horizontally flipped one
+    hflip: float = (
+        0.0  # probability that a training image / its cached latent is the horizontally flipped one
+    )
     # latent normalisation: "per_channel" (mean/std from the training latents), "scale" (the tokenizer's fixed
     # factor, e.g. SD-VAE 0.18215), "released" (statistics shipped with the tokenizer, e.g. latents_stats.pt)
     latent_norm: str = "per_channel"
+    # flow matching: training t ~ logit-normal until this epoch, uniform after (LightningDiT's large runs switch it
+    # off mid-training, configs/config_details.yaml:59-61); None keeps the generator's t sampling throughout
+    logit_normal_until_epoch: float | None = None
+    # what the release's FID script did, recorded beside our choice (bench.sample label modes / uint8 conventions):
+    release_labels: str = (
+        "equal"  # "equal" (50 per class, ours) | "random" (torch.randint: REPA, LightningDiT, ADM)
+    )
+    release_uint8: str = "round"  # "round" | "truncate" ((x + 1) * 127.5 cast down: ADM, REPA)
     # sampling (keys understood by the generator's `sample`)
     sampler: dict[str, Any] = field(default_factory=dict)
     # stage 1: trainable tokenizer

@@ -157,6 +157,17 @@ class FlowMatchingGenerator(Generator):
         self.proj_coeff = proj_coeff
         self.label_drop = label_drop
         self.needs_features = proj_coeff > 0
+        self._t_sampling_built = t_sampling  # what `apply_recipe` returns to before a logit-normal cut-off
+
+    def apply_recipe(self, recipe, epoch: float = 0.0) -> None:
+        """Label dropout from the recipe; with `recipe.logit_normal_until_epoch`, logit-normal t before that epoch
+        and uniform t from it on (LightningDiT's 800-epoch recipe)."""
+        super().apply_recipe(recipe, epoch)
+        until = recipe.logit_normal_until_epoch
+        if until is None:
+            self.t_sampling = self._t_sampling_built
+        else:
+            self.t_sampling = "logit_normal" if epoch < until else "uniform"
 
     # --- the network in the common convention -------------------------------------------------------
     def velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_zs: bool = False):

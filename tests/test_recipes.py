@@ -110,3 +110,32 @@ def test_heun_second_evaluation_guided_by_t_cur_as_repa():
     assert gen.nfe(**kw, heun_guidance="t_next") == (1 + 1 + 2 + 2) + (1 + 2 + 2)
     with pytest.raises(ValueError, match="heun_guidance"):
         gen.nfe(**kw, heun_guidance="t_mid")
+
+
+class _RecordLabels(_TinyVelocity):
+    def forward(self, x, t, y):
+        self.seen = y.clone()
+        return super().forward(x, t, y)
+
+
+def test_generator_reads_label_drop_and_logit_normal_cutoff_from_the_recipe():
+    """8 + 12: the recipe (after suite overrides) sets the label dropout at train time, and LightningDiT's
+    800-epoch recipe switches logit-normal t off mid-training (configs/config_details.yaml:59-61)."""
+    from baselines.api import Recipe
+    from baselines.transport import FlowMatchingGenerator
+
+    gen = FlowMatchingGenerator(_RecordLabels(), (1, 2, 2), 3, t_sampling="logit_normal", label_drop=0.1).train()
+    y, x = torch.zeros(256, dtype=torch.long), torch.randn(256, 1, 2, 2)
+    gen.apply_recipe(Recipe(label_drop=1.0))
+    gen.loss(x, y, generator=torch.Generator().manual_seed(0))
+    assert gen.label_drop == 1.0 and bool((gen.net.seen == 3).all())
+    gen.apply_recipe(Recipe(label_drop=0.0))
+    gen.loss(x, y, generator=torch.Generator().manual_seed(0))
+    assert bool((gen.net.seen == 0).all())
+    r = Recipe(logit_normal_until_epoch=400)
+    gen.apply_recipe(r, epoch=399.9)
+    assert gen.t_sampling == "logit_normal"
+    gen.apply_recipe(r, epoch=400)
+    assert gen.t_sampling == "uniform"
+    gen.apply_recipe(Recipe(), epoch=500)
+    assert gen.t_sampling == "logit_normal"  # no cut-off: the sampling the generator was built with
