@@ -97,7 +97,11 @@ def _figures(
     exts = sorted(set(zip(fid["k_ext"], fid["k_n"])), key=lambda e: (-int((fid["k_ext"] == e[0]).sum()), e))
     train = d[(d["phase"] == "train") & d["epoch"].notna()]
     flops = train[train["train_flops"].notna()].groupby(["k_run", "k_bb", "epoch"])["train_flops"].last()
-    start = d[d["time"].notna()].groupby(["k_run", "k_bb"])["time"].min()
+    # wall-clock origin: the backbone's first training row (stage 1 or generator) in its run
+    timed = d[d["time"].notna()]
+    trained = timed[timed["phase"].isin(["stage1", "train"])]
+    start = (trained if not trained.empty else timed).groupby(["k_run", "k_bb"])["time"].min()
+    unit, scale = _flops_unit(float(np.nanmax(d["train_flops"])) if d["train_flops"].notna().any() else 0.0)
     for i, (ext, n) in enumerate(exts):
         suffix = "" if i == 0 else f"_{ext}_{n}".replace("/", "-")
         f = fid[(fid["k_ext"] == ext) & (fid["k_n"] == n)]
@@ -114,10 +118,10 @@ def _figures(
         ) / 3600
         specs = (
             ("fid_vs_epoch", f["epoch"], "training epochs", False, "FID against training epochs."),
-            ("fid_vs_compute", comp / 1e15, "training compute (PFLOPs, from the models' FLOP counts)", True,
-             "FID against training compute."),
-            ("fid_vs_hours", hours, "wall-clock since the backbone started (hours; stage 1 and evaluations included)",
-             False, "FID against wall-clock time on this run's device."),
+            ("fid_vs_compute", comp / scale, f"training compute ({unit}, counted from the models)", True,
+             "FID against training compute (generator FLOPs counted from the model, as logged in train_flops)."),
+            ("fid_vs_hours", hours, "wall-clock (hours since training started)", False,
+             "FID against wall-clock hours on this run's device (stage 1, training and evaluations included)."),
         )  # fmt: skip
         for stem, x, xlabel, logx, cap in specs:
             c = _curves(f, x, label)
@@ -161,6 +165,14 @@ def _figures(
         figs.append(html.Figure("kernel_latency.png", "Kernel latency against bytes moved (median of do_bench), with "
                                 "the roofline bound max(bytes / copy bandwidth, FLOPs / peak) dashed.", "kernel_latency.pdf"))  # fmt: skip
     return figs
+
+
+def _flops_unit(top: float) -> tuple[str, float]:
+    """PFLOPs, or a smaller unit when the whole budget is under one PFLOP (the embedded suites)."""
+    for unit, scale in (("PFLOPs", 1e15), ("TFLOPs", 1e12), ("GFLOPs", 1e9)):
+        if top >= scale:
+            return unit, scale
+    return "GFLOPs", 1e9
 
 
 def _kernel_rows(reports: list[dict]) -> pd.DataFrame:
@@ -241,8 +253,10 @@ def suite_report(suite: str, df: pd.DataFrame, runs: list[RunInfo], paper: pd.Da
                 ("Provenance", "Per run, from env.json and config.json.", prov)]  # fmt: skip
     md, tex = _md_tex(sections, suite)
     (out / "summary.md").write_text(md)
+    (out / "leaderboard.md").write_text(f"Suite `{suite}`, measured (`invoke report`; full table in summary.md).\n\n"
+                                        + tables.to_text(tables.compact(lb), "github") + "\n")  # fmt: skip
     (out / "summary.tex").write_text(tex)
-    written = [out / "summary.md", out / "summary.tex", out / "metrics_long.csv"]
+    written = [out / "summary.md", out / "leaderboard.md", out / "summary.tex", out / "metrics_long.csv"]
     figs = _figures(d, thr, load_kernel_reports(results_dir, suite), out, colors) if make_plots else []
     for f in figs:
         written += [out / f.png, out / f.pdf] if f.pdf else [out / f.png]

@@ -149,8 +149,10 @@ def convergence(
         if logx:
             ax.set_xscale("log")
             _log_axis(ax.xaxis, *ax.get_xlim())
-        elif integer_x:
-            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        else:
+            ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+            if integer_x:
+                ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if title:

@@ -272,6 +272,18 @@ def leaderboard(d: pd.DataFrame, thr: pd.DataFrame) -> Table:
     return b.table()
 
 
+COMPACT = ("backbone", "seeds", "epochs", "last FID", "best FID", "tokenizer floor", "FID ÷ floor", "sample img/s",
+           "NFE / image", "sampler", "CFG scale", "flow guidance")  # fmt: skip
+
+
+def compact(t: Table) -> Table:
+    """The leaderboard's headline columns (README, summary): FID, its floor, speed and the sampler setting."""
+    cols = [c for c in t.text.columns if c.startswith(COMPACT)]
+    return Table(
+        t.text[cols], t.sort[cols] if t.sort is not None else None, {c: t.sources.get(c, set()) for c in cols}
+    )
+
+
 def throughput_table(thr: pd.DataFrame) -> Table:
     """One row per (backbone, run, device, batch size[, sampler setting]) with every throughput metric."""
     b = _Builder()
