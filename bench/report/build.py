@@ -262,6 +262,13 @@ def suite_report(suite: str, df: pd.DataFrame, runs: list[RunInfo], paper: pd.Da
         written += [out / f.png, out / f.pdf] if f.pdf else [out / f.png]
     grids, gcap = _grids(suite_runs, sorted(set(d["k_bb"]) - {""}), out)
     written += [out / g.png for g in grids]
+    if grids and make_plots:
+        written += plots.sample_grids(
+            [(g.png.split("/")[-1][:-4], out / g.png) for g in grids], out / "samples"
+        )
+        figs.append(
+            html.Figure("samples.png", f"Sample grids side by side (paper figure). {gcap}", "samples.pdf")
+        )
     page = html.suite_page(suite, lb, caption, pub, PUBLISHED, figs, grids, gcap, extra, prov)
     (out / "index.html").write_text(page)
     return [*written, out / "index.html"]

@@ -238,3 +238,27 @@ def kernel_latency(rows: pd.DataFrame, stem: str | Path) -> list[Path]:
         fig.subplots_adjust(hspace=0.7, wspace=0.45)
         _legend(axes[len(ops) - 1], ncol=4)
         return _save(fig, stem)
+
+
+def sample_grids(grids: Sequence[tuple[str, str | Path]], stem: str | Path, caption: str = "") -> list[Path]:
+    """The backbones' sample grids side by side (one panel each, titled by backbone), full text width
+    (6.75 in): the figure* of a two-column paper."""
+    from matplotlib.image import imread
+
+    if not grids:
+        raise ValueError("sample_grids: no grids")
+    n = len(grids)
+    ncol = min(n, 6)
+    nrow = -(-n // ncol)
+    with _style():
+        fig = Figure(figsize=(6.75, 6.75 / ncol * nrow + 0.25))
+        axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
+        for ax, (label, path) in zip(axes, grids):
+            ax.imshow(imread(path), interpolation="nearest")
+            ax.set_title(label)
+        for ax in axes:
+            ax.set_axis_off()
+        if caption:
+            fig.suptitle(caption, y=0.02, fontsize=6)
+        fig.subplots_adjust(wspace=0.05, hspace=0.15)
+        return _save(fig, stem)
