@@ -118,10 +118,13 @@ def to_model_range(images_uint8_nhwc: np.ndarray | torch.Tensor) -> torch.Tensor
     return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float NCHW in [-1, 1] -> uint8 NHWC, rounded as ADM's sampler does ((x + 1) * 127.5, clip)."""
-    x = ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+def to_uint8(images: torch.Tensor, convention: str = "adm-truncate") -> np.ndarray:
+    """float NCHW in [-1, 1] -> uint8 NHWC. convention "adm-truncate" (default): ADM's samplers,
+    ((x + 1) * 127.5).clamp(0, 255) then truncation to uint8; "round": rounded first. Clamps, so count
+    non-finite samples before. See bench.metrics.adm_npz (which records the convention in every sample npz)."""
+    from bench.metrics.adm_npz import float_to_uint8
+
+    return float_to_uint8(images, convention)
 
 
 def center_crop_arr(pil_image, image_size: int) -> np.ndarray:

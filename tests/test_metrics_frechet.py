@@ -139,7 +139,8 @@ def test_precision_recall_equal_torch_fidelity_on_same_features():
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((300, 32)).astype(np.float32)
     smp = (rng.standard_normal((250, 32)) * 0.7 + 0.4).astype(np.float32)
-    prec, rec = precision_recall(ref, smp, k=3, block=64)  # blocks smaller than N exercise the tiling
+    # torch-fidelity computes in float32 (ADM's float16 blocks are tested against a port of ADM's code)
+    prec, rec = precision_recall(ref, smp, k=3, block=64, distances="float32")  # blocks < N: tiling
     # torch-fidelity's convention: features_1 = generated, features_2 = real
     tf_prec, tf_rec = calculate_precision_recall_full(
         torch.from_numpy(smp), torch.from_numpy(ref), neighborhood=3

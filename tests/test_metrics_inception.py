@@ -68,7 +68,7 @@ def test_fid_equals_torchmetrics_and_torch_fidelity(extractor, weights, images, 
     real, fake, _ = images
     ref = Reference("inception-v3-compat", features=real_features, stats={})
     ref.stats["mu"], ref.stats["sigma"] = statistics(real_features["pool"])
-    ours = evaluate(fake, ref, extractor=extractor, metrics="fid,prec,rec")
+    ours = evaluate(fake, ref, extractor=extractor, metrics="fid,prec,rec", pr_distances="float32")
 
     tm = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights), antialias=False)
     tm.set_dtype(torch.float64)

@@ -27,7 +27,7 @@ def test_samples_round_trip_is_adm_layout(tmp_path):
     imgs, labels = _images(10), np.arange(10) % 3
     path = write_samples_npz(tmp_path / "s.npz", imgs, labels)
     with np.load(path) as z:  # the official evaluator opens it with np.load
-        assert sorted(z.files) == ["arr_0", "arr_1"]
+        assert sorted(z.files) == ["arr_0", "arr_1", "uint8_convention"]  # it reads arr_0 (and arr_1) only
         np.testing.assert_array_equal(z["arr_0"], imgs)
         np.testing.assert_array_equal(z["arr_1"], labels)
     b = read_npz(path)
@@ -69,8 +69,8 @@ def test_nonfinite_samples_are_counted_through_the_writer(tmp_path):
     x[4, 2, 1, 1] = float("inf")
     u8, bad = to_uint8_counted(x)
     assert u8.shape == (6, 4, 4, 3) and bad.tolist() == [False, True, False, False, True, False]
-    ok = ((x[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    np.testing.assert_array_equal(u8[0], ok)  # ADM's conversion
+    ok = ((x[0] + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(u8[0], ok)  # ADM's conversion (truncation)
     with NpzShardWriter(tmp_path, shard_size=4) as w:
         w.add(x)
     assert w.n_nonfinite == 2

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bench.data import embedded_images
+from bench.errors import OptionError
 from bench.metrics import (
     NonFiniteSamplesError,
     NpzShardWriter,
@@ -58,21 +59,6 @@ def test_unknown_extractor_lists_known_names():
         get_extractor("inception-v4")
 
 
-def test_dinov2_from_local_file(tmp_path):
-    import timm
-    from safetensors.torch import save_file
-
-    with pytest.raises(FileNotFoundError, match="dinov2-vit-l14.*lvd142m"):
-        get_extractor("dinov2-vit-l14", weights=tmp_path / "absent.safetensors")
-    torch.manual_seed(0)  # a random small DINOv2 in timm's format stands in for the real file
-    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)
-    save_file(model.state_dict(), str(tmp_path / "s14.safetensors"))
-    ex = get_extractor("dinov2-vit-s14", weights=tmp_path / "s14.safetensors")
-    imgs, _ = embedded_images(32, 1, split="test")
-    f = ex.features(imgs[:3])
-    assert f["pool"].shape == (3, 384) and np.isfinite(f["pool"]).all()
-
-
 def test_evaluate_smoke_end_to_end(smoke, cache):
     ref, _ = embedded_images(32, 32, split="ref")
     same, _ = embedded_images(32, 32, split="test")  # same distribution
@@ -80,14 +66,20 @@ def test_evaluate_smoke_end_to_end(smoke, cache):
     blurred = (
         ((same.astype(np.float32) * 0.5 + 64) + rng.normal(0, 20, same.shape)).clip(0, 255).astype(np.uint8)
     )
-    metrics = "fid,sfid,is,prec,rec,kid,fid_ci,fid_inf"
-    good = evaluate(same, ref, extractor=smoke, metrics=metrics, n_boot=30, fid_inf_points=5)
-    bad = evaluate(blurred, ref, extractor=smoke, metrics="fid,sfid,prec,kid")
+    metrics = "fid,sfid,is,prec,rec,kid,fid_ci"
+    good = evaluate(same, ref, extractor=smoke, metrics=metrics, n_boot=30, kid_subset_size=200)
+    bad = evaluate(blurred, ref, extractor=smoke, metrics="fid,sfid,prec,kid", kid_subset_size=200)
     assert good["extractor"] == "smoke" and good["n_samples"] == good["n_ref"] == 256
     assert bad["fid"] > 3 * good["fid"] and bad["sfid"] > good["sfid"] and bad["kid"] > good["kid"]
     assert bad["precision"] < good["precision"]
     assert good["fid_ci_low"] < good["fid"] < good["fid_ci_high"]
-    assert 1.0 < good["is"] <= 8.0 and np.isfinite(good["fid_inf"])
+    assert 1.0 < good["is"] <= 8.0 and good["kid_subset_size"] == 200
+    # 256 samples of 128-d features are too few for FID-infinity (subsets >= 2 x D spanning a factor 5) and
+    # for torch-fidelity's KID subsets of 1000: refused before the samples' features are computed
+    with pytest.raises(OptionError, match="FID-infinity: 256 samples are too few for D = 128"):
+        evaluate(same, ref, extractor=smoke, metrics="fid_inf")
+    with pytest.raises(OptionError, match="KID: subset size 1000 is larger than the 256 samples"):
+        evaluate(same, ref, extractor=smoke, metrics="kid")
 
 
 def test_nonfinite_samples_are_refused(smoke, cache, tmp_path, monkeypatch, capsys):

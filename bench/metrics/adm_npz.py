@@ -2,9 +2,17 @@
 
 Layout: `arr_0` uint8 [N, H, W, 3] images, `arr_1` int [N] labels (sample batches); reference batches may hold
 `mu`, `sigma` (pool_3) and `mu_s`, `sigma_s` (mixed_6/conv, first 7 channels) instead of or beside the images.
-Files written here may add `extractor` (the feature space of stored statistics) and `n_nonfinite` /
+Files written here may add `extractor` (the feature space of stored statistics), `n_nonfinite` /
 `nonfinite_index` (samples that were NaN/Inf before the uint8 conversion; stored as zeros so the batch keeps
-its ADM shape, and refused by `bench.metrics.evaluate`). Files are plain (uncompressed) zips, as `np.savez`.
+its ADM shape, and refused by `bench.metrics.evaluate`) and `uint8_convention` (how float samples became
+uint8, see below). Files are plain (uncompressed) zips, as `np.savez`. Statistics are validated on read: a
+sigma that is not symmetric positive semi-definite is a CorruptInputError naming the file and the key.
+
+uint8 conventions (`UINT8_CONVENTIONS`), float [-1, 1] -> uint8:
+- "adm-truncate" (default; the ADM protocol): ((x + 1) * 127.5).clamp(0, 255).to(uint8), i.e. truncation, as
+  guided-diffusion's samplers (scripts/image_sample.py:60, classifier_sample.py:87 at 22e0df8).
+- "round": ((x + 1) * 127.5).round().clamp(0, 255) (what this harness did before; about half a grey level
+  brighter on average).
 
 Images are streamed from the zip member in batches (`AdmBatch.iter_images`), so memory stays flat in N on
 both the read and the write side (`NpzShardWriter`, `merge_shards`).
@@ -21,10 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.errors import CorruptInputError, OptionError
+from bench.metrics.frechet import covariance_problem
+
+UINT8_CONVENTIONS = ("adm-truncate", "round")
+DEFAULT_UINT8 = "adm-truncate"
 STAT_PAIRS = (("mu", "sigma"), ("mu_s", "sigma_s"))
 
 
-class NpzFormatError(ValueError):
+class NpzFormatError(CorruptInputError):
     """A batch file that is not a valid ADM npz; the message names the file and the problem."""
 
 
@@ -63,6 +76,9 @@ class AdmBatch:
     extractor: str | None = None  # feature space of `stats`; None = ADM's own (TF Inception)
     n_nonfinite: int = 0
     nonfinite_index: np.ndarray | None = None
+    uint8_convention: str | None = (
+        None  # how float samples became uint8; None: not recorded (e.g. real images)
+    )
     _fortran: bool = False
     _offset: int = 0
 
@@ -203,6 +219,9 @@ def read_npz(path: str | os.PathLike) -> AdmBatch:
                 )
             if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
                 raise NpzFormatError(f"{path}: {mu_key}/{sigma_key} contain NaN or Inf")
+            problem = covariance_problem(sigma)
+            if problem:
+                raise NpzFormatError(f"{path}: {sigma_key} {problem}")
             batch.stats[mu_key], batch.stats[sigma_key] = mu.astype(np.float64), sigma.astype(np.float64)
 
         if "extractor" in members:
@@ -211,6 +230,12 @@ def read_npz(path: str | os.PathLike) -> AdmBatch:
             batch.n_nonfinite = int(load("n_nonfinite"))
             if "nonfinite_index" in members:
                 batch.nonfinite_index = load("nonfinite_index").astype(np.int64)
+        if "uint8_convention" in members:
+            batch.uint8_convention = str(load("uint8_convention"))
+            if batch.uint8_convention not in UINT8_CONVENTIONS:
+                raise NpzFormatError(
+                    f"{path}: uint8_convention {batch.uint8_convention!r} is not one of {', '.join(UINT8_CONVENTIONS)}"
+                )
     return batch
 
 
@@ -226,12 +251,34 @@ def _check_uint8_nhwc(images: np.ndarray, what: str = "images") -> np.ndarray:
     return images
 
 
-def to_uint8_counted(images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_uint8_convention(convention: str) -> str:
+    if convention not in UINT8_CONVENTIONS:
+        raise OptionError(f"unknown uint8 convention {convention!r}; known: {', '.join(UINT8_CONVENTIONS)}")
+    return convention
+
+
+def float_to_uint8(x: torch.Tensor, convention: str = DEFAULT_UINT8) -> np.ndarray:
+    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3] by `convention` (module docstring). Values are
+    clamped to [0, 255] first, so count non-finite samples before calling this."""
+    y = (x.detach().float() + 1) * 127.5
+    if check_uint8_convention(convention) == "round":
+        y = y.round()
+    u8 = y.clamp(0, 255).to(
+        torch.uint8
+    )  # float -> uint8 truncates toward zero, as torch's .to(th.uint8) in ADM
+    return u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def to_uint8_counted(
+    images: torch.Tensor | np.ndarray, convention: str = DEFAULT_UINT8
+) -> tuple[np.ndarray, np.ndarray]:
     """Samples -> (uint8 [N, H, W, 3], non-finite mask [N]).
 
-    Accepts uint8 [N, H, W, 3] (returned as is) or float [N, 3, H, W] in model range [-1, 1], converted as ADM's
-    sampler does ((x + 1) * 127.5, round, clip). A sample with any NaN/Inf is flagged and stored as zeros.
+    Accepts uint8 [N, H, W, 3] (returned as is) or float [N, 3, H, W] in model range [-1, 1], converted by
+    `convention` ("adm-truncate", ADM's samplers: (x + 1) * 127.5, clamp, truncate; or "round"). The mask is
+    computed before any clamping, so +/-Inf count as non-finite; such a sample is stored as zeros.
     """
+    check_uint8_convention(convention)
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
         return _check_uint8_nhwc(images), np.zeros(len(images), dtype=bool)
     x = torch.as_tensor(images)
@@ -244,8 +291,7 @@ def to_uint8_counted(images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.
     x = x.detach().float().cpu()
     bad = ~torch.isfinite(x).flatten(1).all(dim=1)
     x = torch.where(bad[:, None, None, None], torch.zeros_like(x) - 1.0, x)
-    u8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-    return u8, bad.numpy()
+    return float_to_uint8(x, convention), bad.numpy()
 
 
 class _NpzStream:
@@ -302,9 +348,12 @@ def write_samples_npz(
     images_uint8_nhwc: np.ndarray,
     labels: np.ndarray | None = None,
     nonfinite: np.ndarray | None = None,
+    uint8_convention: str | None = DEFAULT_UINT8,
 ) -> Path:
     """Write an ADM sample batch (`arr_0` uint8 NHWC, `arr_1` labels) atomically. `nonfinite` is an optional
-    bool mask [N] of samples that were NaN/Inf before conversion (see `to_uint8_counted`)."""
+    bool mask [N] of samples that were NaN/Inf before conversion (see `to_uint8_counted`). `uint8_convention`
+    (recorded in the file) says how the float samples were converted: the default is that of
+    `bench.data.to_uint8` and `to_uint8_counted`; pass None for images that never were float (real images)."""
     images = _check_uint8_nhwc(images_uint8_nhwc)
     arrays = {"arr_0": images}
     if labels is not None:
@@ -315,6 +364,8 @@ def write_samples_npz(
     if nonfinite is not None and np.any(nonfinite):
         arrays["n_nonfinite"] = np.asarray(int(np.sum(nonfinite)), dtype=np.int64)
         arrays["nonfinite_index"] = np.flatnonzero(nonfinite).astype(np.int64)
+    if uint8_convention is not None:
+        arrays["uint8_convention"] = np.asarray(check_uint8_convention(uint8_convention))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return _write(Path(path), arrays)
 
@@ -343,8 +394,9 @@ class NpzShardWriter:
     """Stream samples into ADM npz shards `{prefix}_{k:05d}.npz` of `shard_size` images each.
 
     Memory holds at most one shard. `add` takes uint8 [N, H, W, 3] or float [N, 3, H, W] in [-1, 1] (non-finite
-    samples are counted, see `to_uint8_counted`). Shards are written atomically, so after a crash the finished
-    ones are intact; `resume=True` continues after them (`n_written` counts the samples already on disk).
+    samples are counted, see `to_uint8_counted`; floats are converted by `uint8_convention`, which every shard
+    records). Shards are written atomically, so after a crash the finished ones are intact; `resume=True`
+    continues after them (`n_written` counts the samples already on disk; their convention must match).
     """
 
     def __init__(
@@ -353,10 +405,12 @@ class NpzShardWriter:
         shard_size: int = 1000,
         prefix: str = "samples",
         resume: bool = False,
+        uint8_convention: str = DEFAULT_UINT8,
     ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.dir, self.shard_size, self.prefix = Path(directory), shard_size, prefix
+        self.uint8_convention = check_uint8_convention(uint8_convention)
         self.dir.mkdir(parents=True, exist_ok=True)
         existing = self.shards()
         if existing and not resume:
@@ -364,8 +418,14 @@ class NpzShardWriter:
                 f"{self.dir} already holds {len(existing)} {prefix} shards; pass resume=True or use an empty folder"
             )
         self.paths = existing
-        self.n_written = sum(read_npz(p).n_images for p in existing)
-        self.n_nonfinite = sum(read_npz(p).n_nonfinite for p in existing)
+        batches = [read_npz(p) for p in existing]
+        for b in batches:
+            if b.uint8_convention != self.uint8_convention:
+                raise OptionError(
+                    f"{b.path}: written with uint8 convention {b.uint8_convention!r}, resuming with {self.uint8_convention!r}"
+                )
+        self.n_written = sum(b.n_images for b in batches)
+        self.n_nonfinite = sum(b.n_nonfinite for b in batches)
         self._images: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._bad: list[np.ndarray] = []
@@ -376,7 +436,7 @@ class NpzShardWriter:
         return sorted(self.dir.glob(f"{self.prefix}_[0-9][0-9][0-9][0-9][0-9].npz"))
 
     def add(self, images, labels: np.ndarray | torch.Tensor | None = None) -> None:
-        u8, bad = to_uint8_counted(images)
+        u8, bad = to_uint8_counted(images, self.uint8_convention)
         if labels is not None:
             labels = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64).reshape(-1)
             if len(labels) != len(u8):
@@ -405,7 +465,7 @@ class NpzShardWriter:
         bad = np.concatenate(self._bad)
         labels = np.concatenate(self._labels) if self._labels else None
         path = self.dir / f"{self.prefix}_{len(self.paths):05d}.npz"
-        write_samples_npz(path, images, labels, nonfinite=bad)
+        write_samples_npz(path, images, labels, nonfinite=bad, uint8_convention=self.uint8_convention)
         self.paths.append(path)
         self.n_written += len(images)
         self.n_nonfinite += int(bad.sum())
@@ -435,6 +495,11 @@ def merge_shards(
         raise ValueError(f"shards must all hold images of one shape, got {sorted(map(str, shapes))}")
     if len({b.labels is None for b in batches}) != 1:
         raise ValueError("either every shard has labels (arr_1) or none has")
+    conventions = sorted({str(b.uint8_convention) for b in batches})
+    if len(conventions) != 1:
+        raise CorruptInputError(
+            f"shards were converted to uint8 by different conventions: {', '.join(conventions)}"
+        )
     n = sum(b.n_images for b in batches)
     stream = _NpzStream(Path(out_path))
     try:
@@ -442,6 +507,8 @@ def merge_shards(
         stream.add_chunks("arr_0", np.uint8, (n, *batches[0].image_shape), chunks)
         if batches[0].labels is not None:
             stream.add("arr_1", np.concatenate([b.labels for b in batches]))
+        if batches[0].uint8_convention is not None:
+            stream.add("uint8_convention", np.asarray(batches[0].uint8_convention))
         n_bad = sum(b.n_nonfinite for b in batches)
         if n_bad:
             offsets = np.cumsum([0] + [b.n_images for b in batches[:-1]])

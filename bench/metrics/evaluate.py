@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.errors import CorruptInputError, OptionError
 from bench.metrics.adm_npz import (
+    DEFAULT_UINT8,
     AdmBatch,
     NonFiniteSamplesError,
     read_npz,
@@ -24,7 +26,8 @@ from bench.metrics.adm_npz import (
     write_stats_npz,
 )
 from bench.metrics.extractors import FeatureExtractor, get_extractor
-from bench.metrics.frechet import frechet_distance_to_features, statistics
+from bench.metrics.frechet import covariance_problem, frechet_distance_to_features, statistics
+from bench.metrics.kid import KID_SEED, KID_SUBSET_SIZE, KID_SUBSETS
 
 METRICS = ("fid", "sfid", "is", "precision", "recall", "kid", "fid_ci", "fid_inf")
 ALIASES = {
@@ -130,6 +133,10 @@ def compute_reference(
             for k, v in reference.items()
             if k in ("mu", "sigma", "mu_s", "sigma_s")
         }
+        for key in ("sigma", "sigma_s"):
+            problem = covariance_problem(stats[key]) if key in stats else None
+            if problem:
+                raise CorruptInputError(f"reference statistics: {key} {problem}")
         return Reference(ex.name, stats, None, None, "stats")
     if isinstance(reference, str | os.PathLike):
         batch = read_npz(reference)
@@ -165,7 +172,7 @@ def compute_reference(
     return Reference(ex.name, _stats_of(features), features, len(images), "array")
 
 
-def _open_samples(samples) -> tuple[object, int, int]:
+def _open_samples(samples, uint8_convention: str = DEFAULT_UINT8) -> tuple[object, int, int]:
     """(source, n_samples, n_nonfinite) without extracting anything: the source is a list of AdmBatch or a
     uint8 array. Samples: a path / folder / list of npz paths, an AdmBatch, uint8 NHWC or float NCHW."""
     if isinstance(samples, AdmBatch):
@@ -175,7 +182,7 @@ def _open_samples(samples) -> tuple[object, int, int]:
     ):
         batches = sample_sources(samples)
     else:
-        u8, bad = to_uint8_counted(samples)
+        u8, bad = to_uint8_counted(samples, uint8_convention)
         return u8, len(u8), int(bad.sum())
     missing = [str(b.path) for b in batches if not b.has_images]
     if missing:
@@ -202,12 +209,16 @@ def evaluate(
     *,
     is_split_size: int = 5000,
     pr_k: int = 3,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
+    pr_distances: str = "float16",
+    kid_subsets: int = KID_SUBSETS,
+    kid_subset_size: int = KID_SUBSET_SIZE,
+    kid_seed: int = KID_SEED,
     n_boot: int = 200,
     ci_level: float = 0.95,
     fid_inf_points: int = 15,
+    fid_inf_min_n: int | None = None,
     seed: int = 0,
+    uint8_convention: str = DEFAULT_UINT8,
     on_nonfinite: str = "raise",
     cache_dir: str | os.PathLike | None = None,
 ) -> dict:
@@ -218,8 +229,15 @@ def evaluate(
     metrics (names or a comma list): fid (the Frechet distance in the extractor's space: FID, or FD-DINOv2 with a
     DINOv2 extractor, then also given as fd_dinov2), sfid, is, precision/prec, recall/rec, kid, fid_ci (bootstrap
     interval), fid_inf (FID-infinity). Returns the requested metrics plus n_samples, n_ref, n_nonfinite and the
-    extractor's name. Samples with NaN/Inf are never scored: on_nonfinite="raise" raises NonFiniteSamplesError,
-    "report" returns the counts with every metric None.
+    extractor's name, and the settings that shape a number: kid_subset_size / kid_subsets with kid,
+    fid_inf_n_min / fid_inf_n_max / fid_inf_points (the subset sizes fitted) with fid_inf. Samples with NaN/Inf
+    are never scored: on_nonfinite="raise" raises NonFiniteSamplesError, "report" returns the counts with every
+    metric None.
+
+    Settings and the libraries they reproduce (README "Metrics: which setting reproduces which library"):
+    pr_distances "float16" (default) = ADM's evaluator, "float32" = torch-fidelity; kid_* defaults =
+    torch-fidelity's (seed 2020, subsets of 1000, N below the subset size refused); uint8_convention (float
+    samples only) "adm-truncate" = ADM's samplers, "round" the alternative; is_split_size 5000 = ADM.
     """
     if on_nonfinite not in ("raise", "report"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'report', got {on_nonfinite!r}")
@@ -232,7 +250,9 @@ def evaluate(
                 f"metric {m!r} needs {key!r} features, which extractor {ex.name!r} does not give"
             )
 
-    source, n, n_bad = _open_samples(samples)  # NaN/Inf are known before any feature is computed
+    source, n, n_bad = _open_samples(
+        samples, uint8_convention
+    )  # NaN/Inf are known before any feature is computed
     result: dict = {"extractor": ex.name, "n_samples": n, "n_nonfinite": n_bad}
     if n_bad:
         msg = f"{n_bad} of {n} samples are NaN/Inf: refusing to compute {', '.join(wanted)} (it would be misleading)"
@@ -240,6 +260,10 @@ def evaluate(
             raise NonFiniteSamplesError(msg, n_bad, n)
         return result | {m: None for m in wanted} | {"error": msg}
 
+    if "kid" in wanted and n < kid_subset_size:  # settings errors before any feature is computed
+        raise OptionError(
+            f"KID: subset size {kid_subset_size} is larger than the {n} samples; pass a smaller kid_subset_size"
+        )
     need_ref_features = any(m in ("precision", "recall", "kid") for m in wanted)
     ref = compute_reference(
         reference, ex, device=device, batch_size=batch_size, need_features=need_ref_features
@@ -247,6 +271,14 @@ def evaluate(
     result["n_ref"] = ref.n
     if "sfid" in wanted and "mu_s" not in ref.stats:
         raise ValueError(f"reference ({ref.source}) has no spatial statistics (mu_s, sigma_s) for sFID")
+    if "kid" in wanted and ref.n is not None and ref.n < kid_subset_size:
+        raise OptionError(
+            f"KID: subset size {kid_subset_size} is larger than the {ref.n} reference images; pass a smaller kid_subset_size"
+        )
+    if "fid_inf" in wanted:
+        from bench.metrics.fid_infinity import subset_sizes
+
+        subset_sizes(n, ref.stats["mu"].shape[0], fid_inf_points, fid_inf_min_n)
     feats = _features_of(source, ex, batch_size)
 
     if "fid" in wanted or "fid_ci" in wanted:
@@ -268,7 +300,9 @@ def evaluate(
     if "precision" in wanted or "recall" in wanted:
         from bench.metrics.precision_recall import precision_recall
 
-        prec, rec = precision_recall(ref.features["pool"], feats["pool"], k=pr_k, device=device)
+        prec, rec = precision_recall(
+            ref.features["pool"], feats["pool"], k=pr_k, device=device, distances=pr_distances
+        )
         if "precision" in wanted:
             result["precision"] = prec
         if "recall" in wanted:
@@ -277,8 +311,9 @@ def evaluate(
         from bench.metrics.kid import kid
 
         result["kid"], result["kid_std"] = kid(
-            feats["pool"], ref.features["pool"], kid_subsets, kid_subset_size, seed
+            feats["pool"], ref.features["pool"], kid_subsets, kid_subset_size, kid_seed
         )
+        result.update(kid_subset_size=kid_subset_size, kid_subsets=kid_subsets)
     if "fid_ci" in wanted:
         from bench.metrics.bootstrap import bootstrap_fid
 
@@ -302,9 +337,20 @@ def evaluate(
         from bench.metrics.fid_infinity import fid_infinity
 
         r = fid_infinity(
-            feats["pool"], ref.stats["mu"], ref.stats["sigma"], num_points=fid_inf_points, seed=seed
+            feats["pool"],
+            ref.stats["mu"],
+            ref.stats["sigma"],
+            num_points=fid_inf_points,
+            min_n=fid_inf_min_n,
+            seed=seed,
         )
-        result.update(fid_inf=r["fid_inf"], fid_inf_r2=r["r2"])
+        result.update(
+            fid_inf=r["fid_inf"],
+            fid_inf_r2=r["r2"],
+            fid_inf_n_min=r["n_min"],
+            fid_inf_n_max=r["n_max"],
+            fid_inf_points=len(r["ns"]),
+        )
     return result
 
 

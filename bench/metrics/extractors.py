@@ -7,13 +7,22 @@
   'logits' = pool_3 @ W without the bias (1008; what ADM's IS uses), 'spatial' = mixed_6/conv (torch-fidelity's
   Mixed_6d.branch1x1 after its ReLU), first 7 channels, flattened HWC (17*17*7 = 2023; sFID, as ADM).
 - `dinov2-vit-l14` (also -s14/-b14/-g14): DINOv2 through timm from a local weights file (timm's or the official
-  checkpoint). Preprocessing as dgm-eval (FD-DINOv2, Stein et al. 2023): PIL bicubic resize to 224x224, /255,
-  ImageNet mean/std. Features: 'pool' = CLS token after the final norm.
+  checkpoint), computing what dgm-eval (layer6ai-labs/dgm-eval at 74c79f7; FD-DINOv2, Stein et al. 2023)
+  computes. Its DINOv2Encoder (dgm_eval/models/dinov2.py:43-59) loads torch.hub's DINOv2 and preprocesses PIL
+  images with torchvision Resize((224, 224), BICUBIC) (PIL's antialiased bicubic, uint8 result), ToTensor
+  (/255) and ImageNet mean/std; the features are the model's output, the CLS token after the final norm
+  (dgm_eval/representations.py:49; hub DinoVisionTransformer.forward -> head(x_norm_clstoken), Identity head).
+  Hub DINOv2 (facebookresearch/dinov2 at b8931f7, hub/backbones.py:21-28: img_size 518, interpolate_offset
+  0.1, interpolate_antialias False) resamples its 37 x 37 position table for every 224 px input
+  (models/vision_transformer.py:180-212): bicubic, antialias=False, scale_factor=(16 + 0.1) / 37. timm's
+  dynamic_img_size resamples with antialias=True at size=16, which moves CLS features by ~1.6% on the same
+  weights; so we resample the table once at load, exactly as the hub does, into a model built for 224 px.
 - `smoke`: see `smoke_extractor.py`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from collections.abc import Iterable
@@ -21,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from bench.errors import CorruptInputError, MissingInputError, OptionError
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = (
@@ -194,6 +206,25 @@ class InceptionV3Compat(FeatureExtractor):
 # ---------------------------------------------------------------------------------------------- DINOv2
 
 
+def hub_pos_embed_224(pos_embed: torch.Tensor, patch_size: int = 14, image_size: int = 224) -> torch.Tensor:
+    """A DINOv2 position table [1, 1 + M*M, D] resampled for `image_size` input exactly as hub DINOv2's
+    interpolate_pos_encoding (vision_transformer.py:180-212): float32, bicubic, antialias=False,
+    scale_factor=(image_size // patch_size + 0.1) / M; the class token's entry unchanged."""
+    n = pos_embed.shape[1] - 1
+    m, g = int(math.sqrt(n)), image_size // patch_size
+    if m * m != n:
+        raise ValueError(f"DINOv2 position table has {n} patch entries, not a square grid")
+    if m == g:
+        return pos_embed
+    dim, scale = pos_embed.shape[-1], float(g + 0.1) / m
+    grid = pos_embed[:, 1:].float().reshape(1, m, m, dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=(scale, scale), mode="bicubic", antialias=False)
+    if grid.shape[-2:] != (g, g):
+        raise AssertionError(f"resampled DINOv2 position grid is {tuple(grid.shape[-2:])}, expected {(g, g)}")
+    grid = grid.permute(0, 2, 3, 1).reshape(1, g * g, dim)
+    return torch.cat([pos_embed[:, :1].float(), grid], dim=1).to(pos_embed.dtype)
+
+
 class DINOv2(FeatureExtractor):
     keys = ("pool",)
     image_size = 224
@@ -207,25 +238,29 @@ class DINOv2(FeatureExtractor):
         device: str | torch.device = "cpu",
         *,
         random_weights: bool = False,
+        model_kwargs: dict | None = None,
     ):
-        """`random_weights=True` skips the weights file (an untrained network): for throughput measurements only."""
+        """`random_weights=True` skips the weights file (an untrained network): for throughput measurements only.
+        `model_kwargs` override timm's architecture arguments (e.g. depth): for tests with small random models."""
         import timm
         from timm.models.vision_transformer import checkpoint_filter_fn
 
         if name not in DINOV2_ARCHS:
-            raise ValueError(f"unknown DINOv2 extractor {name!r}; known: {', '.join(DINOV2_ARCHS)}")
+            raise OptionError(f"unknown DINOv2 extractor {name!r}; known: {', '.join(DINOV2_ARCHS)}")
         if weights is None and os.environ.get("GENBENCH_WEIGHTS"):
             weights = Path(os.environ["GENBENCH_WEIGHTS"]) / f"{name}.safetensors"
         arch = DINOV2_ARCHS[name]
         if not random_weights and (weights is None or not Path(weights).is_file()):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{name}: weights file not found ({weights}). Download timm's '{arch}.lvd142m' model.safetensors "
                 f"(or the official DINOv2 checkpoint) and pass --weights PATH or put it at $GENBENCH_WEIGHTS/{name}.safetensors"
             )
         self.name, self.device = name, torch.device(device)
         self.weights_path = None if random_weights else Path(weights)
-        # default img_size (518) keeps the checkpoint's position table; dynamic_img_size resamples it for 224 input
-        self.model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
+        # a fixed 224 px model: its 16 x 16 table is the checkpoint's, resampled once as hub DINOv2 does per call
+        self.model = timm.create_model(
+            arch, pretrained=False, num_classes=0, img_size=self.image_size, **(model_kwargs or {})
+        )
         if self.weights_path is not None:
             if self.weights_path.suffix == ".safetensors":
                 from safetensors.torch import load_file
@@ -233,13 +268,21 @@ class DINOv2(FeatureExtractor):
                 state = load_file(str(self.weights_path))
             else:
                 state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
+            state = dict(state)
+            if "pos_embed" not in state:
+                raise CorruptInputError(f"{self.weights_path}: no pos_embed; not a DINOv2 checkpoint")
+            state["pos_embed"] = hub_pos_embed_224(state["pos_embed"], 14, self.image_size)
             self.model.load_state_dict(checkpoint_filter_fn(state, self.model), strict=True)
+            if not torch.equal(
+                self.model.pos_embed.detach(), state["pos_embed"]
+            ):  # timm must not resample again
+                raise AssertionError("timm changed the resampled DINOv2 position table")
         self.model.requires_grad_(False).eval().to(self.device)
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         from PIL import Image
 
-        # dgm-eval resizes PIL images (antialiased bicubic, uint8 result) before ToTensor
+        # dgm-eval: torchvision Resize((224, 224), BICUBIC) on PIL images = PIL's antialiased bicubic resize
         arr = x.permute(0, 2, 3, 1).cpu().numpy()
         size = (self.image_size, self.image_size)
         resized = np.stack([np.asarray(Image.fromarray(a).resize(size, Image.BICUBIC)) for a in arr])

@@ -43,6 +43,34 @@ def _check_stats(mu: np.ndarray, sigma: np.ndarray, which: str) -> tuple[np.ndar
     return mu, 0.5 * (sigma + sigma.T)  # exact symmetry for eigh
 
 
+def covariance_problem(sigma: np.ndarray, rtol: float = 1e-6) -> str | None:
+    """Why `sigma` is not a covariance matrix (symmetric positive semi-definite within round-off), or None.
+
+    Tolerances are relative to the trace, which bounds the spectral norm of a PSD matrix: |S - S^T| <= rtol *
+    tr(S) entrywise, and the smallest eigenvalue >= -rtol * tr(S), tested by a Cholesky factorisation of
+    S + rtol * tr(S) * I. Round-off of a float32-stored covariance (~6e-8 * tr(S) in norm) passes; I against
+    -I, which every sqrtm-based FID accepts (and scores 0), does not."""
+    s = np.asarray(sigma, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] != s.shape[1]:
+        return f"shape {s.shape} is not square"
+    if not np.isfinite(s).all():
+        return "contains NaN or Inf"
+    tr = float(np.trace(s))
+    if tr < 0 or np.diag(s).min(initial=0.0) < -rtol * abs(tr):
+        return f"has negative variances (trace {tr:g}); not a covariance"
+    if tr == 0:
+        return None if not np.any(s) else "has zero trace but non-zero entries; not a covariance"
+    asym = float(np.abs(s - s.T).max())
+    if asym > rtol * tr:
+        return f"is not symmetric (max |S - S^T| = {asym:.3g}, trace {tr:.3g})"
+    try:
+        np.linalg.cholesky(0.5 * (s + s.T) + (rtol * tr) * np.eye(len(s)))
+    except np.linalg.LinAlgError:
+        w = np.linalg.eigvalsh(0.5 * (s + s.T))
+        return f"is not positive semi-definite (smallest eigenvalue {w[0]:.3g}, trace {tr:.3g})"
+    return None
+
+
 def sqrt_psd(sigma: np.ndarray) -> np.ndarray:
     """Symmetric square root of a PSD matrix (eigenvalues clipped at 0)."""
     w, v = np.linalg.eigh(sigma)
