@@ -16,7 +16,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from baselines.ops import triton_kernels  # noqa: E402
+from baselines.ops.op_swiglu import kernel as swiglu_kernel  # noqa: E402
 from bench import kernels  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_planted_regression_fails_the_gate(tmp_path, monkeypatch, capsys):
     )
     capsys.readouterr()
 
-    monkeypatch.setattr(triton_kernels, "swiglu_fwd_kernel", swiglu_fwd_extra_work)
+    monkeypatch.setattr(swiglu_kernel, "swiglu_fwd_kernel", swiglu_fwd_extra_work)
     assert kernels.main(["--static", *only, "--compare", str(base)]) == 1
     out = capsys.readouterr().out
     fwd_line = next(line for line in out.splitlines() if "fp32/fwd" in line)

@@ -21,9 +21,28 @@ DEVICE = "cpu" if INTERPRET else "cuda"
 DTYPES = [torch.float32] if DEVICE == "cpu" else [torch.float32, torch.bfloat16]  # interpreter: fp32 only
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 
-from baselines import ops  # noqa: E402  (after the skip: importing triton_impl imports triton)
+from types import SimpleNamespace  # noqa: E402
+
+from baselines import ops  # noqa: E402  (after the skip: importing a kernel module imports triton)
 from baselines.ops import reference as R  # noqa: E402
-from baselines.ops import triton_impl as T  # noqa: E402
+from baselines.ops import runtime  # noqa: E402
+from baselines.ops.op_affine import kernel as affine_kernel  # noqa: E402
+from baselines.ops.op_kv_attention import kernel as kv_kernel  # noqa: E402
+from baselines.ops.op_modulated_norm import kernel as norm_kernel  # noqa: E402
+from baselines.ops.op_rope import kernel as rope_kernel  # noqa: E402
+from baselines.ops.op_swiglu import kernel as swiglu_kernel  # noqa: E402
+
+# The Triton side of every op, by the op's public name (each lives in its op folder's kernel.py).
+T = SimpleNamespace(
+    modulated_rmsnorm=norm_kernel.modulated_rmsnorm,
+    modulated_layernorm=norm_kernel.modulated_layernorm,
+    swiglu=swiglu_kernel.swiglu,
+    affine_forward=affine_kernel.affine_forward,
+    affine_inverse=affine_kernel.affine_inverse,
+    kv_attention=kv_kernel.kv_attention,
+    plan_kv_attention=kv_kernel.plan_kv_attention,
+    rope=rope_kernel.rope,
+)
 
 
 def rand(*shape, dtype=torch.float32, scale=1.0):
@@ -60,9 +79,9 @@ def check_grads(fn_triton, fn_ref, args, wrt, dtype):
 def few_programs(request, monkeypatch):
     """sm1: plan grids as if the device had one SM, so each program loops over several rows/blocks."""
     if request.param:
-        monkeypatch.setattr(T, "H100_SMS", 1)
+        monkeypatch.setattr(runtime, "H100_SMS", 1)
         if DEVICE == "cuda":
-            monkeypatch.setattr(T, "sm_count", lambda device: 1)
+            monkeypatch.setattr(runtime, "sm_count", lambda device: 1)
     return request.param
 
 

@@ -1,10 +1,13 @@
 """Fused ops used by the models, behind one switch.
 
-Every op has a PyTorch reference (`baselines/ops/reference.py`) and a Triton implementation beside it. The
-models call the functions below; the backend decides which runs:
+Every op lives in its own folder `op_<name>/` (reference.py, kernel.py with the Triton kernels, spec.py with
+paper-shape inputs and bytes/flops), registered once in `registry.py`. The models call the functions below;
+the backend decides which runs:
 - "auto" (default): Triton for CUDA tensors when Triton is importable, the reference otherwise (CPU);
 - "torch": always the reference; "triton": always Triton (under TRITON_INTERPRET=1 this also runs on CPU).
 Select with `set_backend(...)`, the `backend(...)` context manager, or the GENBENCH_OPS environment variable.
+GENBENCH_OPS_TORCH=op[,op...] (or `route_to_torch`) keeps named ops on the reference whatever the backend: how
+a kernel that misses its speed goals (bench/kernels latency table) is taken out of the model path.
 """
 
 from __future__ import annotations
@@ -12,12 +15,28 @@ from __future__ import annotations
 import contextlib
 import os
 
-from baselines.ops import reference
+from baselines.ops.registry import OPS
 
 _BACKENDS = ("auto", "torch", "triton")
 _backend = os.environ.get("GENBENCH_OPS", "auto")
 if _backend not in _BACKENDS:
     raise ValueError(f"GENBENCH_OPS={_backend!r}; expected one of {_BACKENDS}")
+
+
+_torch_only: frozenset[str] = frozenset()
+
+
+def route_to_torch(names) -> None:
+    """Run these ops' references instead of their Triton kernels (under every backend)."""
+    global _torch_only
+    names = frozenset(n.strip() for n in names if n.strip())
+    unknown = sorted(names - set(OPS))
+    if unknown:
+        raise ValueError(f"unknown op(s) {unknown} in GENBENCH_OPS_TORCH; known: {', '.join(OPS)}")
+    _torch_only = names
+
+
+route_to_torch(os.environ.get("GENBENCH_OPS_TORCH", "").split(","))
 
 
 def set_backend(name: str) -> None:
@@ -58,11 +77,8 @@ def _triton_available() -> bool:
 
 
 def _impl(name: str, x):
-    if _use_triton(x):
-        from baselines.ops import triton_impl
-
-        return getattr(triton_impl, name)
-    return getattr(reference, name)
+    op = OPS[name]
+    return op.triton if name not in _torch_only and _use_triton(x) else op.reference
 
 
 def modulated_rmsnorm(x, weight, shift, scale, eps: float = 1e-6):
