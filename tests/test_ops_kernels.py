@@ -274,3 +274,30 @@ def test_latency_row_orchestration_off_gpu():
         assert (
             row["bytes"] == (3 if direction == "fwd" else 5) * 3 * 40 * 4 and row["speedup_compile"] is None
         )
+
+
+def test_latency_command_tiny_dry_run(tmp_path):
+    """`invoke kernels --latency` end to end where no GPU is: tiny shapes, fp32, the Triton side interpreted.
+    Rows carry median, IQR, speed-ups, % of bound and the goals; the markdown table and the plot are written."""
+    if DEVICE != "cpu":
+        pytest.skip("the GPU runs the paper-shape measurement (scripts/gpu_check.sh)")
+    import json
+
+    from bench import kernels
+
+    out = tmp_path / "latency.json"
+    argv = ["--latency", "--device", "cpu", "--shapes", "tiny", "--dtypes", "fp32", "--only", "swiglu/*"]
+    assert kernels.main([*argv, "--rep-ms", "2", "--no-compile", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["shapes"] == "tiny" and rep["device"] == "cpu" and not rep["errors"]
+    assert [r["key"] for r in rep["rows"]] == [
+        "swiglu/lightningdit_xl1/fp32/fwd",
+        "swiglu/lightningdit_xl1/fp32/bwd",
+    ]
+    for r in rep["rows"]:
+        assert r["shape"] == {"B": 2, "T": 16, "H": 16} and r["accurate"]
+        assert r["triton_ms"] > 0 and r["triton_iqr_ms"] >= 0 and r["repeats"]["triton"] >= 3
+        assert set(r["goals"]) >= {"x_eager"} and r["compile_ms"] is None
+    md = out.with_suffix(".md").read_text()
+    assert "## Per op" in md and "x eager" in md
+    assert (tmp_path / "latency_speedup.png").is_file()

@@ -189,6 +189,12 @@ def latency_report(patterns=None, log=print, device="cuda", shapes="paper", dtyp
     return report
 
 
+CPU_NOTE = (
+    "**CPU dry run: the Triton side runs in the interpreter, so these timings test the measurement, "
+    "not the kernels.**\n\n"
+)
+
+
 def _us(ms) -> str:
     return "-" if ms is None else f"{ms * 1e3:.1f}"
 
@@ -232,6 +238,7 @@ def latency_markdown(report: dict, command: str = "") -> str:
         "over Triton's; % of bound = max(bytes / copy bandwidth, flops / matmul peak) over the Triton median.\n"
         f"Goals: >= {GOALS['x_compile']}x torch.compile, >= {GOALS['x_eager']}x eager, memory-bound >= "
         f"{GOALS['copy_bw_pct']:.0f}% of the copy bandwidth.\n\n"
+        + (CPU_NOTE if report["device"] == "cpu" else "")
         + table(headers, rows)
         + "\n\n## Per op\n\n"
         + table(["op", "rows meeting every goal", "model path", "missed"], op_summary(report))
