@@ -289,6 +289,10 @@ def build_autoencoder(name: str) -> AutoencoderKL:
     return AutoencoderKL(dd, embed_dim)
 
 
+# The weights path that means "build the architecture with random weights": speed does not depend on weight
+# values, so the throughput suite measures paper-size models without their files.
+RANDOM_WEIGHTS = "random"
+
 # --- diffusers checkpoints --------------------------------------------------------------------------------
 
 _HOW_TO_GET = (
@@ -424,8 +428,12 @@ class SDVAETokenizer(AETokenizer):
 
     def __init__(self, folder: str | Path, decoder_folder: str | Path | None = None):
         super().__init__()
-        self.ae = load_diffusers_vae(folder)
-        if decoder_folder is not None:
+        if str(folder) == RANDOM_WEIGHTS:  # throughput on paper shapes (bench/throughput.py): no weights file
+            self.ae = build_autoencoder("sd-vae-f8")
+            self.ae.scaling_factor = 0.18215
+        else:
+            self.ae = load_diffusers_vae(folder)
+        if decoder_folder is not None and str(decoder_folder) != RANDOM_WEIGHTS:
             other = load_diffusers_vae(decoder_folder)
             self.ae.decoder.load_state_dict(other.decoder.state_dict(), strict=True)
             self.ae.post_quant_conv.load_state_dict(other.post_quant_conv.state_dict(), strict=True)

@@ -72,8 +72,9 @@ class DINOv2Encoder(nn.Module):
         if name not in DINOV2_ARCHS:
             raise ValueError(f"unknown DINOv2 encoder {name!r}; known: {', '.join(DINOV2_ARCHS)}")
         arch, _ = DINOV2_ARCHS[name]
-        path = Path(weights) if weights else None
-        if path is None or not path.is_file():
+        random_init = str(weights) == "random"  # autoencoder.RANDOM_WEIGHTS: throughput on paper shapes only
+        path = Path(weights) if weights and not random_init else None
+        if not random_init and (path is None or not path.is_file()):
             raise FileNotFoundError(
                 f"{name}: weights file not found ({path}). Download timm's '{arch}.lvd142m' weights "
                 "(model.safetensors) on a machine with internet and pass its path (--encoder-weights or GENBENCH_WEIGHTS)."
@@ -83,13 +84,12 @@ class DINOv2Encoder(nn.Module):
         self.model = timm.create_model(
             arch, pretrained=False, num_classes=0, dynamic_img_size=True, **timm_kwargs
         )
-        if path.suffix == ".safetensors":
+        if path is not None and path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state, strict=True)
+            self.model.load_state_dict(load_file(str(path)), strict=True)
+        elif path is not None:
+            self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
         self.image_size = image_size
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

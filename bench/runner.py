@@ -72,6 +72,10 @@ def run_bench(
     device: str = "cpu",
     run_id: str | None = None,
 ) -> int:
+    if suite_name == "imagenet256-throughput":  # no data, random weights: bench/throughput.py (gpu, #17)
+        from bench.throughput import run_throughput_suite
+
+        return run_throughput_suite(backbones, out, seed, device, run_id)
     from bench.evaluate import suite_reference
     from bench.metrics import get_extractor
     from bench.train import BackboneRun, backbone_config
