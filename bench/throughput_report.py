@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tabulate import tabulate
-
+from bench.kernels.common import table
 from bench.kernels.roofline import DATASHEET
 
 TRAIN_MFU, SAMPLE_MFU, JACOBI_SPEEDUP = 0.45, 0.50, 2.0
@@ -131,7 +130,7 @@ def markdown(rows: list[dict], roof: dict, command: str = "", kernel_goals: list
     gl = goals(rows, roof)
     goal_rows = [[g["goal"], g["backbone"], _f(g["target"], "{:.4g}"), _f(g["value"], "{:.4g}"),
                   "met" if g["met"] else "not measured" if g["met"] is None else "MISSED", g["detail"]] for g in gl]  # fmt: skip
-    t = lambda h, r: tabulate(r, headers=h, tablefmt="github")  # noqa: E731
+    t = lambda h, r: table(h, r)  # noqa: E731
     text = head + "\n## Training (per GPU, recipe batch)\n\n" + t(
         ["backbone", "preset", "batch", "compile", "dtype", "img/s", "step ms", "peak GB", "TFLOP/s", "MFU %",
          "MFU % (datasheet)", "status"], train)  # fmt: skip
@@ -208,4 +207,35 @@ def write_report(rows: list[dict], roof: dict, out_dir: str | Path, command: str
     write_json(out / "throughput.json", {"kind": "genbench.throughput", "command": command, "roofline": roof,
                                          "goals": goals(rows, roof), "rows": rows})  # fmt: skip
     (out / "throughput.md").write_text(markdown(rows, roof, command, kgoals))
-    return [out / "throughput.json", out / "throughput.md", *plot(rows, out / "throughput")]
+    try:
+        plots = plot(rows, out / "throughput")
+    except ImportError as e:  # a bare GPU image without matplotlib still gets its tables
+        print(f"warning: plots skipped ({e})")
+        plots = []
+    return [out / "throughput.json", out / "throughput.md", *plots]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.throughput_report RUN_DIR --out DIR`: the tables of a (possibly killed) run from its
+    rows (throughput.jsonl) and its roofline (roofline.json)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.throughput_report", description=main.__doc__)
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--kernels-json", default="")
+    p.add_argument("--command", default="")
+    a = p.parse_args(argv)
+    run = Path(a.run_dir)
+    if not (run / "throughput.jsonl").is_file() or not (run / "roofline.json").is_file():
+        print(f"error: {run} holds no throughput.jsonl + roofline.json (not a throughput run directory)")
+        return 2
+    rows = read_rows(run / "throughput.jsonl")
+    roof = json.loads((run / "roofline.json").read_text())
+    for path in write_report(rows, roof, a.out, a.command, a.kernels_json or None):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -118,6 +118,8 @@ def build_family(fam: Family, device: str, num_classes: int | None = None) -> Ba
     opts = dict(fam.options, image_size=fam.image_size)
     if num_classes is not None:
         opts["num_classes"] = num_classes
+    if "device" in _build_parameters(fam.backbone):  # builders that place their modules themselves (FAE)
+        opts["device"] = device
     try:
         with torch.device(device):
             bb = build_backbone(fam.backbone, fam.preset, **opts)
@@ -129,13 +131,42 @@ def build_family(fam: Family, device: str, num_classes: int | None = None) -> Ba
     return bb
 
 
-def paper_sampler(bb: Backbone) -> dict:
-    """The release's sampler settings (the `paper` protocol where the backbone declares one)."""
+def _build_parameters(backbone: str) -> set[str]:
+    import importlib
+    import inspect
+
+    from baselines.api import BACKBONES
+
+    module, fn = BACKBONES[backbone].split(":")
+    return set(inspect.signature(getattr(importlib.import_module(module), fn)).parameters)
+
+
+def paper_sampler(bb: Backbone):
+    """The release's sampler settings: the `paper` protocol where the backbone declares one, else its recipe's.
+    A dict (keyword sampler API) or typed settings (`SamplerSettings`); the helpers below accept both."""
     protocols = getattr(bb, "protocols", None)
     if protocols and "paper" in protocols:
-        s = protocols["paper"]
-        return dict(s) if isinstance(s, dict) else s
+        return protocols["paper"]
+    if isinstance(getattr(type(bb), "sampler", None), property):
+        return bb.sampler
     return dict(bb.recipe.sampler)
+
+
+def sampler_get(s, key: str, default=None):
+    return s.get(key, default) if isinstance(s, dict) else getattr(s, key, default)
+
+
+def sampler_with(s, **changes):
+    return {**s, **changes} if isinstance(s, dict) else s.replace(**changes)
+
+
+def sampler_json(s) -> str:
+    return json.dumps(s if isinstance(s, dict) else s.as_dict(), default=str)
+
+
+def call_with_sampler(fn, *args, sampler):
+    """fn(*args, **sampler) for the keyword API, fn(*args, sampler) for typed settings."""
+    return fn(*args, **sampler) if isinstance(sampler, dict) else fn(*args, sampler)
 
 
 def synthetic_batch(bb: Backbone, fam: Family, batch: int, num_classes: int, device: str) -> dict:
@@ -236,8 +267,11 @@ class ThroughputRun:
         return torch.cuda.max_memory_allocated() / 2**20 if self.cuda else None
 
     # --- training ----------------------------------------------------------------------------------------
-    def train(self, bb: Backbone, fam: Family, num_classes: int) -> list[dict]:
+    def train(self, bb: Backbone, fam: Family, num_classes: int, compile_modes=None) -> list[dict]:
         p, dev = self.plan, self.device
+        modes = p.compile_modes if compile_modes is None else compile_modes
+        if not modes:
+            return []
         batch = fam.per_gpu_batch
         gen = bb.generator.train()
         autocast = _autocast(dev, p.dtype)
@@ -250,7 +284,7 @@ class ThroughputRun:
         step(0)  # allocations (optimizer state) before counting, so the count sees a steady-state step
         flops = count_flops(lambda: step(1))
         rows = []
-        for compiled in p.compile_modes:
+        for compiled in modes:
             fields = dict(base, compile=compiled, flops_per_step=flops)
             if self.clock.left() <= 0:
                 rows.append(self.row(fam, "train", **fields, status="skipped: time budget"))
@@ -303,12 +337,12 @@ class ThroughputRun:
         stats = getattr(gen, "last_sample_stats", None)  # flows report their measured cost per call
         if stats is not None and getattr(stats, "forward_equivalents", 0):
             return float(stats.forward_equivalents)
-        return float(gen.nfe(**sampler))
+        return float(call_with_sampler(gen.nfe, sampler=sampler))
 
     def sampler(self, bb: Backbone) -> dict:
         sampler = paper_sampler(bb)
-        if self.plan.sampler_steps and "steps" in sampler:
-            sampler["steps"] = self.plan.sampler_steps
+        if self.plan.sampler_steps and sampler_get(sampler, "steps") is not None:
+            sampler = sampler_with(sampler, steps=self.plan.sampler_steps)
         return sampler
 
     @torch.no_grad()
@@ -317,13 +351,14 @@ class ThroughputRun:
         sampler = self.sampler(bb)
         autocast = _autocast(dev, p.dtype)
         fwd_flops, dec_flops = self.forward_flops(bb, fam, num_classes)
-        nfe = bb.generator.nfe(**sampler)
-        base = dict(dtype=p.dtype, compile=False, sampler=json.dumps(sampler, default=str), nfe=nfe,
+        nfe = call_with_sampler(bb.generator.nfe, sampler=sampler)
+        base = dict(dtype=p.dtype, compile=False, sampler=sampler_json(sampler), nfe=nfe,
                     forward_flops=fwd_flops, decode_flops=dec_flops)  # fmt: skip
         with autocast():  # warm-up: kernels compiled and allocator primed before the first timed call
             labels, noise, gens = self._inputs(bb, fam, 1, num_classes)
-            warm = {**sampler, "steps": min(2, sampler["steps"])} if "steps" in sampler else sampler
-            bb.sample_images(labels, noise, gens, **warm)
+            steps = sampler_get(sampler, "steps")
+            warm = sampler_with(sampler, steps=min(2, steps)) if steps is not None else sampler
+            call_with_sampler(bb.sample_images, labels, noise, gens, sampler=warm)
         rows, last = [], None
         for b in p.sample_batch_sizes:
             # the call costs at most linearly more than the last one: skip what cannot finish in the budget
@@ -338,7 +373,7 @@ class ThroughputRun:
                 sync(dev)
                 t0 = time.perf_counter()
                 with autocast():
-                    images = bb.sample_images(labels, noise, gens, **sampler)
+                    images = call_with_sampler(bb.sample_images, labels, noise, gens, sampler=sampler)
                 sync(dev)
                 lat = time.perf_counter() - t0
                 fe = self._forward_equivalents(bb.generator, sampler)
@@ -360,13 +395,13 @@ class ThroughputRun:
     def jacobi(self, bb: Backbone, fam: Family, num_classes: int) -> list[dict]:
         p, b, gen = self.plan, self.plan.jacobi_batch, bb.generator
         sampler = self.sampler(bb)
-        tol = float(sampler.get("jacobi_tol", 1e-3))
+        tol = float(sampler_get(sampler, "jacobi_tol", 1e-3))
         autocast = _autocast(self.device, p.jacobi_dtype)
         labels, noise, gens = self._inputs(bb, fam, b, num_classes)
         out, rows = {}, []
         for mode in ("sequential", "jacobi"):
             fields = dict(batch_size=b, dtype=p.jacobi_dtype, compile=False, mode=mode, jacobi_tol=tol,
-                          sampler=json.dumps({**sampler, "mode": mode}, default=str))  # fmt: skip
+                          sampler=sampler_json(sampler_with(sampler, mode=mode)))  # fmt: skip
             if self.clock.left() <= 0:
                 rows.append(self.row(fam, "decode", **fields, status="skipped: time budget"))
                 self._log(rows[-1])
@@ -375,7 +410,10 @@ class ThroughputRun:
                 sync(self.device)
                 t0 = time.perf_counter()
                 with autocast():
-                    out[mode] = gen.sample(labels, noise, gens, **{**sampler, "mode": mode}).float()
+                    z = call_with_sampler(
+                        gen.sample, labels, noise, gens, sampler=sampler_with(sampler, mode=mode)
+                    )
+                    out[mode] = z.float()
                 sync(self.device)
                 lat = time.perf_counter() - t0
                 stats = getattr(gen, "last_sample_stats", None)
@@ -402,7 +440,10 @@ class ThroughputRun:
         log.info(f"[{row['backbone']}] {row['phase']} {what}: {row['status']}{': ' + text if text else ''}")
 
     # --- one family ---------------------------------------------------------------------------------------
-    def family(self, name: str, num_classes: int) -> list[dict]:
+    def family(
+        self, name: str, num_classes: int, phases=("train", "sample", "jacobi"), compile_modes=None
+    ) -> list[dict]:
+        """Build one family and measure the named phases (training in `compile_modes`, default the plan's)."""
         fam = self.plan.family(name)
         rows = []
         if self.clock.left() <= 0:
@@ -416,9 +457,14 @@ class ThroughputRun:
                              params=sum(q.numel() for q in bb.generator.parameters()),
                              tokenizer_params=sum(q.numel() for q in bb.tokenizer.parameters()),
                              encoder_params=sum(q.numel() for q in bb.encoder.parameters()) if bb.encoder else 0))  # fmt: skip
-        for phase in (self.train, self.sample) + ((self.jacobi,) if fam.jacobi else ()):
+        todo = [getattr(self, ph) for ph in phases if ph != "jacobi" or fam.jacobi]
+        for phase in todo:
             try:
-                rows += phase(bb, fam, num_classes)
+                rows += (
+                    phase(bb, fam, num_classes, compile_modes)
+                    if phase == self.train
+                    else phase(bb, fam, num_classes)
+                )
             except Exception as e:  # a phase that fails before its own rows: recorded, next phase runs
                 rows.append(self.row(fam, phase.__name__, status=_fail(e)))
                 self._log(rows[-1])

@@ -10,8 +10,13 @@ REPORTS = Path(__file__).resolve().parents[2] / "reports" / "kernels"
 
 
 def table(headers: list[str], rows: list[list]) -> str:
-    from tabulate import tabulate
-
+    """A GitHub markdown table (tabulate; a plain fallback where a bare GPU image lacks it)."""
+    try:
+        from tabulate import tabulate
+    except ImportError:
+        cells = [[("-" if c is None else str(c)) for c in r] for r in rows]
+        lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
