@@ -274,6 +274,8 @@ class ThroughputRun:
             return []
         batch = fam.per_gpu_batch
         gen = bb.generator.train()
+        if hasattr(gen, "apply_recipe"):  # the trainer's training-time settings (label dropout, t schedule)
+            gen.apply_recipe(bb.recipe)
         autocast = _autocast(dev, p.dtype)
         inputs = synthetic_batch(bb, fam, batch, num_classes, dev)
         params = [q for q in gen.parameters() if q.requires_grad]
