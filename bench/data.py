@@ -11,6 +11,9 @@ API (what the trainer calls):
         src.fingerprint() (identity of the file list / crops, for the latent cache key); src.crop_settings()
     EmbeddedImages(split, image_size, n_per_class, num_classes, seed=0)  photo crops, no download
     ImageFolder(root, image_size=256)  ImageNet train layout, ADM center crop (CorruptInputError on a bad file)
+    image_loader(source, batch_size, *, rank=0, world=1, seed=0, shuffle=True, num_workers=0, drop_last=True)
+        -> (DataLoader of (uint8 [B, H, W, 3], int64 [B]), DistributedSampler): stage-1 training on images;
+        a file that cannot be decoded stops the loop with CorruptInputError naming it (not a worker traceback)
     center_crop_arr(pil_image, image_size)  ADM's crop, exactly;  load_image(path) -> PIL RGB image
     embedded_images(...), to_model_range(uint8 NHWC) -> float NCHW [-1, 1]
 
@@ -378,3 +381,61 @@ def _check_reference(path: Path) -> None:
         raise CorruptInputError(
             f"{path}: an ADM reference batch holds mu/sigma or images (arr_0); this has neither"
         )
+
+
+class CheckedItems(torch.utils.data.Dataset):
+    """`source[i]` as (image, label, ok, message): a decode failure in a worker reaches the main process as data,
+    so the run stops with one line naming the file instead of a worker traceback (see `raise_bad`)."""
+
+    def __init__(self, source: ImageSource, indices=None):
+        self.source = source
+        self.indices = range(len(source)) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int):
+        i = self.indices[j]
+        try:
+            img, y = self.source[i]
+            return img, y, True, ""
+        except CorruptInputError as e:
+            s = self.source.image_size
+            return torch.zeros(s, s, 3, dtype=torch.uint8), -1, False, str(e)
+
+    @staticmethod
+    def raise_bad(ok, msg) -> None:
+        if not bool(torch.as_tensor(ok).all()):
+            raise CorruptInputError(next(m for m, g in zip(msg, ok) if not g))
+
+
+class _ImageLoader:
+    """Iterates (uint8 images, labels) of a checked DataLoader, raising CorruptInputError on a bad file."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for imgs, ys, ok, msg in self.loader:
+            CheckedItems.raise_bad(ok, msg)
+            yield imgs, ys
+
+
+def image_loader(source: ImageSource, batch_size: int, *, rank: int = 0, world: int = 1, seed: int = 0,
+                 shuffle: bool = True, num_workers: int = 0, drop_last: bool = True, pin_memory: bool | None = None):  # fmt: skip
+    """(loader, sampler) over a source's images for one rank: DistributedSampler(shuffle, seed), so with the
+    per-rank batch = global batch / world the global batch b is the same set of indices for any world size;
+    call sampler.set_epoch(e) every epoch."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    ds = CheckedItems(source)
+    sampler = DistributedSampler(
+        ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+    )
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                         drop_last=drop_last,
+                                         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)  # fmt: skip
+    return _ImageLoader(loader), sampler

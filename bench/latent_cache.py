@@ -9,6 +9,7 @@ API (what the trainer calls):
         for tokenizers with `needs_features`. Under torch.distributed every rank calls it: rank r extracts
         shards r, r + world, ...; all ranks return the same finished cache.
     cache.stats(latents="mean"|"sample") -> (mean [C], std [C])  per-channel statistics (float64 sums)
+    cache_needs_images(backbone) -> bool   (REPA: the generator's loss wants encoder features of the image)
     ds = LatentDataset(cache, posterior="mean"|"sample"|"sample_once", hflip=0.5, seed=run_seed,
                        with_images=False)
         ds[i] or ds[(epoch, i)] -> (latent float32 [C, h, w], label int64[, image uint8 [3, H, W]])
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 
 from baselines.api import sample_seed
-from bench.data import ImageSource, to_model_range
+from bench.data import CheckedItems, ImageSource, to_model_range
 from bench.errors import CorruptInputError, MissingInputError, OptionError
 from bench.progress import Progress, log
 
@@ -140,6 +141,13 @@ def _is_fae(tokenizer) -> bool:
     except ImportError:
         return False
     return isinstance(tokenizer, FAETokenizer)
+
+
+def cache_needs_images(backbone) -> bool:
+    """Whether training this backbone from the cache needs the cropped images too: its generator's loss wants
+    frozen-encoder features of the training image (REPA's alignment target; REPA's dataset.py reads the
+    preprocessed image beside its latent)."""
+    return bool(getattr(backbone.generator, "needs_features", False))
 
 
 def needs_features(tokenizer) -> bool:
@@ -244,31 +252,11 @@ def _shard_done(d: Path, k: int, start: int, count: int, with_images: bool) -> d
     return meta
 
 
-class _Checked(torch.utils.data.Dataset):
-    """Items of `source[indices]` as (image, label, ok, message): a decode failure reaches the main process as
-    data, so the error names the file in one line instead of a worker traceback."""
-
-    def __init__(self, source: ImageSource, indices: range):
-        self.source, self.indices = source, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, j: int):
-        i = self.indices[j]
-        try:
-            img, y = self.source[i]
-            return img, y, True, ""
-        except CorruptInputError as e:
-            s = self.source.image_size
-            return torch.zeros(s, s, 3, dtype=torch.uint8), -1, False, str(e)
-
-
 @torch.no_grad()
 def _extract_shard(source, tokenizer, features, k, start, count, d, with_images, batch_size, num_workers,
                    device, prog) -> dict:  # fmt: skip
     loader = torch.utils.data.DataLoader(
-        _Checked(source, range(start, start + count)),
+        CheckedItems(source, range(start, start + count)),
         batch_size=batch_size,
         num_workers=num_workers,
         shuffle=False,
@@ -276,8 +264,7 @@ def _extract_shard(source, tokenizer, features, k, start, count, d, with_images,
     )
     out = {k_: [] for k_ in (*_LATENT_KEYS, "labels", *(("images",) if with_images else ()))}
     for imgs, ys, ok, msg in loader:
-        if not bool(ok.all()):
-            raise CorruptInputError(next(m for m, g in zip(msg, ok) if not g))
+        CheckedItems.raise_bad(ok, msg)
         x = to_model_range(imgs).to(device, non_blocking=True)
         for flip in (False, True):
             xi = x.flip(-1) if flip else x

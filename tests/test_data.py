@@ -5,11 +5,20 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from imagenet_tree import SYNSETS, TREE, make_imagenet_tree
 from PIL import Image
 
 from bench import suites
-from bench.data import EmbeddedImages, ImageFolder, center_crop_arr, data_sources, embedded_images, load_image
+from bench.data import (
+    EmbeddedImages,
+    ImageFolder,
+    center_crop_arr,
+    data_sources,
+    embedded_images,
+    image_loader,
+    load_image,
+)
 from bench.errors import CorruptInputError, MissingInputError
 from bench.metrics import write_stats_npz
 
@@ -149,3 +158,26 @@ def test_sources_per_suite(tree, tmp_path, monkeypatch):
     (tree / "n01440764" / "n01440764_9.JPEG").rename(tree / "n01440764" / "n01440764_2.JPEG")
     small = dataclasses.replace(suites.IMAGENET256, num_classes=3)
     assert data_sources(small, imagenet=tree, reference=ref).train.image_size == 256
+
+
+def test_image_loader_batches_match_across_world_sizes_and_name_a_bad_file(tmp_path):
+    root = make_imagenet_tree(tmp_path / "t")
+    src = ImageFolder(root, 32)
+
+    def global_batches(world, per_rank, workers=0):
+        out = {}
+        for r in range(world):
+            loader, sampler = image_loader(src, per_rank, rank=r, world=world, seed=1, num_workers=workers)
+            sampler.set_epoch(3)
+            for b, (imgs, ys) in enumerate(loader):
+                assert imgs.dtype == torch.uint8 and tuple(imgs.shape[1:]) == (32, 32, 3)
+                out.setdefault(b, []).extend(zip(ys.tolist(), imgs.flatten(1).sum(1).tolist()))
+        return {b: sorted(v) for b, v in out.items()}
+
+    assert global_batches(1, 4) == global_batches(2, 2, workers=2)
+    bad = root / "n01440764" / "n01440764_10.JPEG"
+    bad.write_bytes(bad.read_bytes()[:100])
+    loader, _ = image_loader(src, 4, num_workers=2)
+    with pytest.raises(CorruptInputError) as e:
+        list(loader)
+    assert str(e.value).startswith(str(bad)) and "\n" not in str(e.value)
