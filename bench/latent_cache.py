@@ -8,11 +8,14 @@ API (what the trainer calls):
         the posterior mean and std; deterministic ones std = 0); features: images -> frozen-encoder features,
         for tokenizers with `needs_features`. Under torch.distributed every rank calls it: rank r extracts
         shards r, r + world, ...; all ranks return the same finished cache.
-    cache.stats(latents="mean"|"sample") -> (mean [C], std [C])  per-channel statistics (float64 sums)
+    default_cache_root(results_root="results") -> $GENBENCH_CACHE or <results>/_cache/latents
+    cache.stats(latents="mean"|"sample") -> (mean [C], std [C])  per-channel statistics (float64 sums):
+        "mean" for Recipe.posterior == "mean", "sample" for the posterior-sampling recipes
     cache_needs_images(backbone) -> bool   (REPA: the generator's loss wants encoder features of the image)
     ds = LatentDataset(cache, posterior="mean"|"sample"|"sample_once", hflip=0.5, seed=run_seed,
                        with_images=False)
         ds[i] or ds[(epoch, i)] -> (latent float32 [C, h, w], label int64[, image uint8 [3, H, W]])
+        (`epoch` is whatever integer the trainer keys its passes by: the epoch, or the global step)
     loader, sampler = latent_loader(ds, batch_size_per_rank, rank=r, world=w, seed=run_seed, num_workers=4)
         sampler.set_epoch(e) each epoch; batches are (epoch, index)-keyed, so worker copies need no update.
 
@@ -63,28 +66,68 @@ def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
-    """sha256 of the tokenizer's weights (names, dtypes, shapes, bytes), without its latent statistics buffers
-    (they are computed from this very cache)."""
+def _encode_modules(tokenizer) -> dict[str, torch.nn.Module]:
+    """The parts of a tokenizer that the latents depend on: an LDM autoencoder's encoder + quant_conv, FAE's
+    feature encoder, else the whole module. Loss modules (LPIPS, discriminator) and decoders are left out, so a
+    released tokenizer gets the same key whatever the randomly initialised rest of the wrapper holds."""
+    from baselines.autoencoder import AETokenizer
+
+    if isinstance(tokenizer, AETokenizer):
+        return {"ae.encoder": tokenizer.ae.encoder, "ae.quant_conv": tokenizer.ae.quant_conv}
+    if _is_fae(tokenizer):
+        return {"encoder": tokenizer.encoder}
+    return {"": tokenizer}
+
+
+def module_fingerprint(modules: dict[str, torch.nn.Module]) -> str:
+    """sha256 of the modules' weights (names, dtypes, shapes, bytes), without latent statistics buffers."""
     h = hashlib.sha256()
-    for name, t in sorted(tokenizer.state_dict().items()):
-        if name.split(".")[-1] in ("latent_mean", "latent_std"):
-            continue
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for prefix, m in sorted(modules.items()):
+        for name, t in sorted(m.state_dict().items()):
+            if name.split(".")[-1] in ("latent_mean", "latent_std"):
+                continue
+            t = t.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{prefix}.{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
-def cache_key(source: ImageSource, tokenizer: torch.nn.Module, tokenizer_hash: str | None = None) -> dict:
+def tokenizer_fingerprint(tokenizer: torch.nn.Module, features=None) -> str:
+    """sha256 of what the latents depend on: the tokenizer's encoding weights and, for tokenizers that encode
+    frozen-encoder features (FAE), the feature encoder's weights (`features`: an nn.Module, or a bound method of
+    an object with an `.encoder` module such as Backbone.features)."""
+    modules = {f"tokenizer.{k}": m for k, m in _encode_modules(tokenizer).items()}
+    if features is not None and needs_features(tokenizer):
+        enc = (
+            features
+            if isinstance(features, torch.nn.Module)
+            else getattr(getattr(features, "__self__", None), "encoder", None)
+        )
+        if not isinstance(enc, torch.nn.Module):
+            raise OptionError(
+                "features must be an nn.Module or Backbone.features, or pass tokenizer_hash= yourself"
+            )
+        modules["features"] = enc
+    return module_fingerprint(modules)
+
+
+def cache_key(source: ImageSource, tokenizer: torch.nn.Module, tokenizer_hash: str | None = None,
+              features=None) -> dict:  # fmt: skip
     return {
         "version": CACHE_VERSION,
-        "tokenizer": tokenizer_hash or tokenizer_fingerprint(tokenizer),
+        "tokenizer": tokenizer_hash or tokenizer_fingerprint(tokenizer, features),
         "tokenizer_class": type(tokenizer).__name__,
         "crop": source.crop_settings(),
         "files": source.fingerprint(),
         "n": len(source),
     }
+
+
+def default_cache_root(results_root: str | Path = "results") -> Path:
+    """$GENBENCH_CACHE, else `<results root>/_cache/latents`: one place shared by every run and backbone (on a
+    file system all nodes see, for multi-node extraction)."""
+    env = os.environ.get("GENBENCH_CACHE")
+    return Path(env) if env else Path(results_root) / "_cache" / "latents"
 
 
 def cache_dir(root: str | Path, key: dict) -> Path:
@@ -369,7 +412,7 @@ def build_latent_cache(
     if needs_features(tokenizer) and features is None:
         raise OptionError(f"{type(tokenizer).__name__} encodes with frozen-encoder features: pass features=")
     rank, world = _dist()
-    key = cache_key(source, tokenizer, tokenizer_hash)
+    key = cache_key(source, tokenizer, tokenizer_hash, features)
     d = cache_dir(root, key)
     index_p = d / "index.json"
     if index_p.is_file():

@@ -17,7 +17,13 @@ from safetensors.torch import load_file
 from baselines.autoencoder import AETokenizer, AutoencoderKL, _dd
 from bench.data import ImageFolder, to_model_range
 from bench.errors import CorruptInputError, OptionError
-from bench.latent_cache import LatentCache, LatentDataset, build_latent_cache, latent_loader
+from bench.latent_cache import (
+    LatentCache,
+    LatentDataset,
+    build_latent_cache,
+    latent_loader,
+    tokenizer_fingerprint,
+)
 
 SIZE = 32
 
@@ -185,3 +191,40 @@ def test_cache_without_images_refuses_image_items(built, tmp_path):
         assert not cache.has_images and "images" not in load_file(str(cache.shard_path(0)))
         with pytest.raises(OptionError, match="holds no images"):
             LatentDataset(cache, with_images=True)
+
+
+def test_key_depends_on_the_encoding_weights_only():
+    a, b = TinyAE(), TinyAE()
+    assert tokenizer_fingerprint(a) == tokenizer_fingerprint(b)
+    with torch.no_grad():
+        b.ae.decoder.conv_out.weight.add_(1.0)  # decoder: latents unchanged, same cache
+        b.latent_mean = torch.ones(4)  # statistics are computed from the cache itself
+    assert tokenizer_fingerprint(a) == tokenizer_fingerprint(b)
+    with torch.no_grad():
+        b.ae.encoder.conv_in.weight.add_(1e-3)
+    assert tokenizer_fingerprint(a) != tokenizer_fingerprint(b)
+
+
+def test_feature_tokenizer_cache_keys_on_the_frozen_encoder_too(tmp_path):
+    from baselines.api import build_backbone
+    from bench.data import EmbeddedImages
+
+    torch.manual_seed(0)
+    bb = build_backbone("fae", "tiny", num_classes=8, image_size=32)
+    src = EmbeddedImages("train", 32, 1, 8)
+    with pytest.raises(OptionError, match="pass features="):
+        build_latent_cache(src, bb.tokenizer, tmp_path)
+    cache = build_latent_cache(src, bb.tokenizer, tmp_path, features=bb.features, shard_size=8)
+    x = to_model_range(src.arrays()[0])
+    with torch.no_grad():
+        mean, logvar = bb.tokenizer.posterior(bb.features(x))
+        z = bb.tokenizer.encode(x, bb.features(x))
+    got = load_file(str(cache.shard_path(0)))
+    torch.testing.assert_close(got["mean"], z, rtol=1e-5, atol=1e-5)
+    g = bb.tokenizer.config.grid
+    std = torch.exp(0.5 * logvar).transpose(1, 2).reshape(len(x), -1, g, g)
+    torch.testing.assert_close(got["std"], std, rtol=1e-5, atol=1e-5)
+    key = tokenizer_fingerprint(bb.tokenizer, bb.features)
+    with torch.no_grad():
+        next(bb.encoder.parameters()).add_(1.0)
+    assert tokenizer_fingerprint(bb.tokenizer, bb.features) != key  # other features, other latents
