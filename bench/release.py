@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,13 @@ def load_checkpoint_file(path: str | Path) -> dict:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle globals, not a torch file
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        AttributeError,
+    ) as e:  # not torch, foreign globals
         raise CorruptInputError(
             f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {e})"
         ) from None
