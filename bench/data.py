@@ -2,6 +2,7 @@
 
 API (what the trainer calls):
     data_sources(suite, *, image_size=None, imagenet=None, reference=None) -> DataSources
+    data_input_problems(suite, *, imagenet=None, reference=None) -> list[str]  (for one up-front error)
         .train      ImageSource  images the tokenizer and the generator train on
         .test       ImageSource | None  held-out real images (embedded suites; None for ImageNet)
         .reference  ImageSource | Path  real images to build FID statistics from (embedded), or the ADM
@@ -314,6 +315,30 @@ class DataSources:
     image_size: int
 
 
+def data_input_problems(
+    suite, *, imagenet: str | Path | None = None, reference: str | Path | None = None
+) -> list[str]:
+    """One line per missing data input of a suite ("- what: problem; how to provide it"), [] when all exist:
+    for a runner that merges them with its other checks into ONE error before any work."""
+    if suite.data != "imagenet":
+        return []
+    folder = imagenet or os.environ.get("GENBENCH_IMAGENET")
+    ref = reference or os.environ.get("GENBENCH_ADM_REF")
+    out = []
+    if not folder:
+        out.append(
+            "- ImageNet train folder: set GENBENCH_IMAGENET=PATH (ILSVRC/Data/CLS-LOC/train, one folder per synset)"
+        )
+    elif not Path(folder).is_dir():
+        out.append(f"- ImageNet train folder: {folder} does not exist")
+    if not ref:
+        out.append("- ADM reference batch: set GENBENCH_ADM_REF=PATH to VIRTUAL_imagenet256_labeled.npz "
+                   "(openai/guided-diffusion evaluations/README.md)")  # fmt: skip
+    elif not Path(ref).is_file():
+        out.append(f"- ADM reference batch: {ref} does not exist")
+    return out
+
+
 def data_sources(
     suite,
     *,
@@ -344,19 +369,7 @@ def data_sources(
         raise OptionError(f"suite {suite.name} has {suite.data!r} data: no image sources")
     folder = imagenet or os.environ.get("GENBENCH_IMAGENET")
     ref = reference or os.environ.get("GENBENCH_ADM_REF")
-    missing = []
-    if not folder:
-        missing.append(
-            "- ImageNet train folder: set GENBENCH_IMAGENET=PATH (ILSVRC/Data/CLS-LOC/train, one folder per synset)"
-        )
-    elif not Path(folder).is_dir():
-        missing.append(f"- ImageNet train folder: {folder} does not exist")
-    if not ref:
-        missing.append(
-            "- ADM reference batch: set GENBENCH_ADM_REF=PATH to VIRTUAL_imagenet256_labeled.npz (openai/guided-diffusion evaluations/README.md)"
-        )
-    elif not Path(ref).is_file():
-        missing.append(f"- ADM reference batch: {ref} does not exist")
+    missing = data_input_problems(suite, imagenet=folder, reference=ref)
     if missing:
         raise MissingInputError(f"suite {suite.name} cannot start; missing inputs:\n" + "\n".join(missing))
     _check_reference(Path(ref))

@@ -6,6 +6,8 @@ API:
                  image_size=None, device="cpu", **options) -> Backbone   (eval mode, EMA weights)
     check_release_files(backbone_names, weights_dir=None, releases=None) -> dict[name, dict[role, Path]]
         raises MissingInputError listing EVERY missing file with where to get it (before any loading)
+    release_paths(backbone_names, weights_dir=None, releases=None) -> (paths, missing lines)  (no raise)
+    IMAGENET256_RELEASES: the backbones with public ImageNet-256 class-conditional weights
     RELEASES: backbone name -> release name -> Release (files relative to the weights dir, defaults)
     load_checkpoint_file(path) -> dict   (weights_only torch.load / safetensors; argparse.Namespace allowed,
         since REPA's train.py stores its args in the checkpoint)
@@ -117,6 +119,9 @@ RELEASES: dict[str, dict[str, Release]] = {
             "afhq256", notes="apple/ml-tarflow README / sample.ipynb: patch 8, 768 channels, 8x8 blocks, noise 0.07, 3 classes"),
     },
 }  # fmt: skip
+# TARFlow's public weights are AFHQ 256 (3 classes), not ImageNet; STARFlow's class-conditional ImageNet weights
+# are not public (apple/ml-starflow README: T2I/T2V checkpoints "released soon"); FAE has none.
+IMAGENET256_RELEASES = ("repa", "vavae_lightningdit")
 DEFAULT_RELEASE = {"repa": "sit-xl2-4m", "vavae_lightningdit": "800ep", "tarflow": "afhq256"}
 
 
@@ -145,9 +150,9 @@ def _file_ok(p: Path, f: ReleaseFile) -> bool:
     return p.is_file()
 
 
-def check_release_files(names, weights_dir: str | Path | None = None,
-                        releases: dict[str, str] | None = None) -> dict[str, dict[str, Path]]:  # fmt: skip
-    """Every file the releases of `names` need, as paths; ONE MissingInputError listing each missing one."""
+def release_paths(names, weights_dir: str | Path | None = None,
+                  releases: dict[str, str] | None = None) -> tuple[dict[str, dict[str, Path]], list[str]]:  # fmt: skip
+    """(paths per backbone and role, one line per missing file with where to get it)."""
     root = weights_root(weights_dir)
     out, missing = {}, []
     for name in [names] if isinstance(names, str) else names:
@@ -160,11 +165,19 @@ def check_release_files(names, weights_dir: str | Path | None = None,
                 line = f"- {f.what}: {p} ({'folder ' if f.folder else ''}not found; get it from {f.source})"
                 if line not in missing:
                     missing.append(line)
+    return out, missing
+
+
+def check_release_files(names, weights_dir: str | Path | None = None,
+                        releases: dict[str, str] | None = None) -> dict[str, dict[str, Path]]:  # fmt: skip
+    """Every file the releases of `names` need, as paths; ONE MissingInputError listing each missing one."""
+    paths, missing = release_paths(names, weights_dir, releases)
     if missing:
+        root = weights_root(weights_dir)
         raise MissingInputError(
             f"released weights missing under {root} ({WEIGHTS_ENV}):\n" + "\n".join(missing)
         )
-    return out
+    return paths
 
 
 # --- loading ---------------------------------------------------------------------------------------------------

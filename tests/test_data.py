@@ -14,6 +14,7 @@ from bench.data import (
     EmbeddedImages,
     ImageFolder,
     center_crop_arr,
+    data_input_problems,
     data_sources,
     embedded_images,
     image_loader,
@@ -141,6 +142,7 @@ def test_sources_per_suite(tree, tmp_path, monkeypatch):
 
     monkeypatch.delenv("GENBENCH_IMAGENET", raising=False)
     monkeypatch.delenv("GENBENCH_ADM_REF", raising=False)
+    assert len(data_input_problems(suites.IMAGENET256)) == 2 and data_input_problems(suites.SMOKE) == []
     with pytest.raises(MissingInputError) as e:
         data_sources(suites.IMAGENET256)
     assert "GENBENCH_IMAGENET" in str(e.value) and "VIRTUAL_imagenet256_labeled.npz" in str(e.value)

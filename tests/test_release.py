@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.errors import CorruptInputError, MissingInputError
-from bench.release import RELEASES, check_release_files, load_checkpoint_file, load_release
+from bench.release import RELEASES, check_release_files, load_checkpoint_file, load_release, release_paths
 from bench.sample import generate
 
 
@@ -156,6 +156,11 @@ def test_missing_files_are_listed_in_one_error(weights):
               "latents_stats.pt", "afhq_model_8_768_8_8_0.07.pth"):  # fmt: skip
         assert f in msg
     assert "huggingface.co/hustvl/vavae-imagenet256-f16d32-dinov2" in msg and msg.count("\n- ") == 6
+    paths, missing = release_paths(["repa", "tarflow"], weights)
+    assert (
+        len(missing) == 3
+        and paths["tarflow"]["generator"] == weights / "tarflow" / "afhq_model_8_768_8_8_0.07.pth"
+    )
     with pytest.raises(MissingInputError, match="GENBENCH_WEIGHTS"):
         check_release_files("repa", None)
     assert set(RELEASES["vavae_lightningdit"]) == {"64ep", "800ep"}
