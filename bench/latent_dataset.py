@@ -18,6 +18,7 @@ alone: one fixed posterior sample per image and per flip, as LightningDiT's extr
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import torch
@@ -62,9 +63,25 @@ class LatentDataset(torch.utils.data.Dataset):
         self.with_images = with_images
         self.epoch = 0
         self._labels = cache.labels()
+        self._handles: dict = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def _open(self, path):
+        """An open (memory-mapped) shard, kept per process: workers open their own after the fork."""
+        from safetensors import safe_open
+
+        key = (os.getpid(), str(path))
+        f = self._handles.get(key)
+        if f is None:
+            if len(self._handles) >= 64:  # bound the open files
+                self._handles.clear()
+            f = self._handles[key] = safe_open(str(path), framework="pt", device="cpu")
+        return f
+
+    def __getstate__(self):  # handles do not travel to worker processes
+        return {**self.__dict__, "_handles": {}}
 
     def __len__(self) -> int:
         return self.cache.n
@@ -91,14 +108,12 @@ class LatentDataset(torch.utils.data.Dataset):
         i = int(i)
         flipped, eps = self.draws(epoch, i)
         path, j = self.cache.locate(i)
-        from safetensors import safe_open
-
+        f = self._open(path)
         sfx = "_flip" if flipped else ""
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            z = f.get_slice("mean" + sfx)[j : j + 1][0]
-            if eps is not None:
-                z = z + f.get_slice("std" + sfx)[j : j + 1][0] * eps
-            img = f.get_slice("images")[j : j + 1][0] if self.with_images else None
+        z = f.get_slice("mean" + sfx)[j : j + 1][0]
+        if eps is not None:
+            z = z + f.get_slice("std" + sfx)[j : j + 1][0] * eps
+        img = f.get_slice("images")[j : j + 1][0] if self.with_images else None
         y = torch.tensor(self._labels[i], dtype=torch.int64)
         if img is None:
             return z, y
