@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,8 +266,11 @@ def _shard_name(k: int) -> str:
     return f"shard_{k:05d}"
 
 
-def _shard_done(d: Path, k: int, start: int, count: int, with_images: bool) -> dict | None:
-    """The sidecar of shard k if the shard is finished and intact, else None."""
+def _shard_done(
+    d: Path, k: int, start: int, count: int, with_images: bool, verify: bool = True
+) -> dict | None:
+    """The sidecar of shard k if the shard is finished and intact (sha256 checked with `verify`, else only the
+    file size: for shards whose writer has just hashed them), else None."""
     meta_p, data_p = d / f"{_shard_name(k)}.json", d / f"{_shard_name(k)}.safetensors"
     if not (meta_p.is_file() and data_p.is_file()):
         return None
@@ -278,12 +282,24 @@ def _shard_done(d: Path, k: int, start: int, count: int, with_images: bool) -> d
         meta.get("start") != start
         or meta.get("count") != count
         or (with_images and not meta.get("with_images"))
+        or data_p.stat().st_size != meta.get("bytes")
     ):
         return None
-    if _sha256_file(data_p) != meta.get("sha256"):
+    if verify and _sha256_file(data_p) != meta.get("sha256"):
         log.info(f"latent cache: {data_p.name} does not match its checksum; recomputing it")
         return None
     return meta
+
+
+def _wait_for(done, what: str, poll: float = 2.0) -> None:
+    """Wait on the shared file system (not a collective: ranks that finish early would hit NCCL's barrier
+    timeout while a slower rank extracts its last shards)."""
+    t0 = last = time.perf_counter()
+    while not done():
+        time.sleep(poll)
+        if time.perf_counter() - last > 60:
+            last = time.perf_counter()
+            log.info(f"waiting for {what} ({time.perf_counter() - t0:.0f}s)")
 
 
 @torch.no_grad()
@@ -344,7 +360,7 @@ def _write_index(
     metas = []
     for k in range(n_shards):
         start = k * shard_size
-        meta = _shard_done(d, k, start, min(shard_size, len(source) - start), with_images)
+        meta = _shard_done(d, k, start, min(shard_size, len(source) - start), with_images, verify=False)
         if meta is None:
             raise RuntimeError(f"latent cache {d}: shard {k} is missing or corrupt after extraction")
         metas.append(meta)
@@ -377,6 +393,13 @@ def _write_index(
     _write_json(d / "index.json", index)
 
 
+def _index_matches(index_p: Path, key: dict) -> bool:
+    try:
+        return json.loads(index_p.read_text()).get("key") == key
+    except (OSError, ValueError):  # absent, or being replaced
+        return False
+
+
 def build_latent_cache(
     source: ImageSource,
     tokenizer,
@@ -393,8 +416,9 @@ def build_latent_cache(
 ) -> LatentCache:
     """Encode `source` (and its flips) with the frozen `tokenizer` into the cache under `root`, or reuse it.
 
-    Every rank of an initialised process group must call it (collective: barriers); rank r extracts shards
-    r, r + world, ...; finished, checksum-verified shards are skipped; rank 0 writes index.json last. The
+    Every rank of an initialised process group must call it (one barrier at the start; then the ranks meet on
+    the shared file system); rank r extracts shards r, r + world, ...; finished, checksum-verified shards are
+    skipped; rank 0 writes index.json when every shard is there. The
     default shard size is LightningDiT's (extract_features.py: 10000 images per safetensors file)."""
     if shard_size < 1:
         raise OptionError(f"shard_size must be >= 1, got {shard_size}")
@@ -442,10 +466,17 @@ def build_latent_cache(
                                num_workers, device, prog)  # fmt: skip
     finally:
         tokenizer.train(was_training)
-    _barrier()
+    if world > 1:
+        if rank == 0:
+            ranges = [
+                (k, k * shard_size, min(shard_size, len(source) - k * shard_size)) for k in range(n_shards)
+            ]
+            _wait_for(lambda: all(_shard_done(d, k, a, c, with_images, verify=False) for k, a, c in ranges),
+                      f"the other ranks' shards in {d}")  # fmt: skip
+        else:
+            _wait_for(lambda: _index_matches(index_p, key), f"rank 0 to write {index_p}")
     if rank == 0:
         _write_index(d, key, source, shard_size, with_images, n_shards)
-    _barrier()
     return LatentCache.open(d)
 
 
