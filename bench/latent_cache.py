@@ -291,7 +291,7 @@ def _shard_done(
     return meta
 
 
-def _wait_for(done, what: str, poll: float = 2.0) -> None:
+def wait_on_files(done, what: str, poll: float = 2.0) -> None:
     """Wait on the shared file system (not a collective: ranks that finish early would hit NCCL's barrier
     timeout while a slower rank extracts its last shards)."""
     t0 = last = time.perf_counter()
@@ -454,6 +454,9 @@ def build_latent_cache(
         count = min(shard_size, len(source) - start)
         if _shard_done(d, k, start, count, with_images) is None:
             todo.append((k, start, count))
+    for k, _, _ in todo:  # from here on, a sidecar in range means a finished shard (rank 0 waits on them)
+        (d / f"{_shard_name(k)}.json").unlink(missing_ok=True)
+    _barrier()
     done = len(mine) - len(todo)
     log.info(f"{desc}: {d}, {n_shards} shards of {shard_size}; rank {rank}/{world}: {len(todo)} to extract"
              + (f", {done} already done" if done else ""))  # fmt: skip
@@ -471,10 +474,10 @@ def build_latent_cache(
             ranges = [
                 (k, k * shard_size, min(shard_size, len(source) - k * shard_size)) for k in range(n_shards)
             ]
-            _wait_for(lambda: all(_shard_done(d, k, a, c, with_images, verify=False) for k, a, c in ranges),
+            wait_on_files(lambda: all(_shard_done(d, k, a, c, with_images, verify=False) for k, a, c in ranges),
                       f"the other ranks' shards in {d}")  # fmt: skip
         else:
-            _wait_for(lambda: _index_matches(index_p, key), f"rank 0 to write {index_p}")
+            wait_on_files(lambda: _index_matches(index_p, key), f"rank 0 to write {index_p}")
     if rank == 0:
         _write_index(d, key, source, shard_size, with_images, n_shards)
     return LatentCache.open(d)

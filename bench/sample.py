@@ -45,6 +45,7 @@ import torch
 
 from baselines.api import Backbone, randn_per_sample, sample_generators, sample_seed
 from bench.errors import OptionError
+from bench.latent_cache import wait_on_files
 from bench.progress import Progress, log
 
 LABEL_MODES = ("equal", "random")
@@ -156,15 +157,20 @@ def _sample_batch(backbone, idx, num_classes, seed, label_mode, latent_shape, de
     return u8, labels, bad
 
 
-def _shard_ok(path: Path, settings: dict) -> bool:
+def _sidecar_matches(path: Path, settings: dict) -> dict | None:
     meta_p = path.with_suffix(".json")
     if not (path.is_file() and meta_p.is_file()):
-        return False
+        return None
     try:
         meta = json.loads(meta_p.read_text())
     except (OSError, ValueError):
-        return False
-    if any(meta.get(k) != v for k, v in settings.items()):
+        return None
+    return meta if all(meta.get(k) == v for k, v in settings.items()) else None
+
+
+def _shard_ok(path: Path, settings: dict) -> bool:
+    meta = _sidecar_matches(path, settings)
+    if meta is None:
         return False
     if _sha256(path) != meta.get("sha256"):
         log.info(f"samples: {path.name} does not match its checksum; regenerating it")
@@ -261,6 +267,10 @@ def _generate_shards(backbone, n, num_classes, seed, image_size, label_mode, lat
     skipped = len(range(rank, n_shards, world)) - len(todo)
     if skipped:
         log.info(f"{desc}: rank {rank} keeps {skipped} finished shard(s) in {out_dir}")
+    for k in todo:  # from here on, a sidecar with matching settings means a finished shard
+        paths[k].with_suffix(".json").unlink(missing_ok=True)
+    if world > 1:
+        torch.distributed.barrier()
     with Progress(desc, total=sum(settings(k)["count"] for k in todo), unit="img") as prog:
         for k in todo:
             st = settings(k)
@@ -278,9 +288,13 @@ def _generate_shards(backbone, n, num_classes, seed, image_size, label_mode, lat
             _write_shard(paths[k], np.concatenate(u8s), np.concatenate(labs), bad, convention)
             _write_json(paths[k].with_suffix(".json"), {**st, "sha256": _sha256(paths[k]), "n_nonfinite": int(bad.sum()),
                         "nonfinite_index": (np.flatnonzero(bad) + st["start"]).tolist()})  # fmt: skip
-    if world > 1:
-        torch.distributed.barrier()
     merged = out_dir / "samples.npz"
+
+    def all_written() -> bool:
+        return all(_sidecar_matches(p, settings(k)) for k, p in enumerate(paths))
+
+    if world > 1:  # meet on the file system: a rank that is done early must not time out in a collective
+        wait_on_files(all_written, f"the other ranks' sample shards in {out_dir}")
     if rank == 0:
         missing = [p.name for k, p in enumerate(paths) if not _shard_ok(p, settings(k))]
         if missing:
@@ -297,8 +311,11 @@ def _generate_shards(backbone, n, num_classes, seed, image_size, label_mode, lat
             _write_json(merged.with_suffix(".json"), {**common, "start": 0, "count": int(n), "sha256": _sha256(merged),
                         "n_nonfinite": len(nonfinite_index), "nonfinite_index": nonfinite_index,
                         "shards": [p.name for p in paths], "shard_sha256": shard_sums})  # fmt: skip
-    if world > 1:
-        torch.distributed.barrier()
+    else:
+        sums = [read_samples_meta(p)["sha256"] for p in paths]
+        wait_on_files(
+            lambda: _sidecar_matches(merged, {**common, "shard_sha256": sums}), f"rank 0 to merge {merged}"
+        )
     meta = read_samples_meta(merged)
     bad = np.zeros(n, bool)
     bad[np.asarray(meta["nonfinite_index"], dtype=np.int64)] = True
