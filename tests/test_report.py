@@ -212,11 +212,12 @@ def test_leaderboard_intervals_floors_and_columns(built):
         and lb.loc["starflow", "pixel bits/dim"] == ""
     )
     assert (
-        lb.loc["repa", "CFG scale (1 = off)"] == "1.8" and lb.loc["repa", "flow guidance w (0 = off)"] == ""
+        lb.loc["repa", "guidance scale (1 = off)"] == "1.8"
+        and lb.loc["repa", "flow guidance w (0 = off)"] == ""
     )
     assert (
         lb.loc["tarflow", "flow guidance w (0 = off)"] == "2.3"
-        and lb.loc["tarflow", "CFG scale (1 = off)"] == ""
+        and lb.loc["tarflow", "guidance scale (1 = off)"] == ""
     )
     assert lb.loc["repa", "NFE / image"] == "54" and lb.loc["repa", "sampler steps"] == "32"
     assert lb.loc["starflow", "NFE / image"] == "260" and lb.loc["starflow", "sampler steps"] == ""
@@ -226,7 +227,7 @@ def test_leaderboard_intervals_floors_and_columns(built):
     assert boot.loc["starflow", "last FID (smoke, N=64)"] == f"{v:.4g} [{v - 11.5:.4g}, {v + 12.5:.4g}]"
 
 
-def test_no_column_mixes_meanings(store):
+def test_no_column_mixes_meanings(store, tmp_path):
     """Every leaderboard column is fed by one quantity; the guidance conventions, NFE vs steps and pixel vs latent
     densities never share one. A row in the typed-settings convention (with a protocol field) is a CFG scale."""
     with pytest.warns(RuntimeWarning):
@@ -234,9 +235,9 @@ def test_no_column_mixes_meanings(store):
     d = tables.with_keys(df[df.suite == "toy"])
     lb = tables.leaderboard(d, d[d.phase == "throughput"])
     assert lb.sources and all(len(s) == 1 for s in lb.sources.values()), lb.sources
-    assert lb.sources["CFG scale (1 = off)"] == {"cfg_scale"} and lb.sources["flow guidance w (0 = off)"] == {
-        "flow_weight"
-    }
+    assert lb.sources["guidance scale (1 = off)"] == {"cfg_scale"} and lb.sources[
+        "flow guidance w (0 = off)"
+    ] == {"flow_weight"}
     assert lb.sources["NFE / image"] == {"nfe"} and lb.sources["sampler steps"] == {"steps"}
     assert lb.sources["pixel bits/dim"] == {"pixel_bits_per_dim"}
     assert lb.sources["latent bits/dim"] == {"latent_bits_per_dim"}
@@ -244,7 +245,14 @@ def test_no_column_mixes_meanings(store):
         tables.check_meanings(tables.Table(lb.text, lb.sort, {"guidance": {"cfg_scale", "flow_weight"}}))
     from bench.report.load import _guidance_split
 
-    cfg, w = _guidance_split(2.5, "jacobi", "paper")  # typed settings: a scale for every family
+    # a run with typed sampler settings (config.json records their kind) logs a scale for every family
+    typed = RunStore(tmp_path / "r", "typed", "r0", seed=0, device="cpu", config={"backbones": {"starflow": {
+        "recipe": {"sampler": {"kind": "autoregressive-flow", "guidance": 2.5}}, "params": {"tokenizer": 5}}}})  # fmt: skip
+    typed.log_metric("starflow", "eval", "fid", 99.5, epoch=1, extractor="smoke", n_samples=8, sampler="jacobi",
+                     nfe=260, guidance=3.5)  # fmt: skip
+    row = load_results(tmp_path / "r").iloc[0]
+    assert row["cfg_scale"] == 3.5 and np.isnan(row["flow_weight"])
+    cfg, w = _guidance_split(2.5, "jacobi", "paper")  # a protocol field: the typed convention too
     assert cfg == 2.5 and np.isnan(w)
     cfg, w = _guidance_split(2.5, "jacobi", None)  # legacy flow row: the weight w
     assert np.isnan(cfg) and w == 2.5
@@ -287,7 +295,7 @@ def test_figures_grids_and_tables_written(built):
     assert "grids/repa.png" in page and "epoch_0003" in page and "fid_vs_hours.png" in page
     assert "0123456789ab" in page and "invoke bench --suite toy" in page  # provenance: sha, command
     tex = (out / "summary.tex").read_text()
-    assert "\\toprule" in tex and "\\bottomrule" in tex and "CFG scale (1 = off)" in tex
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "guidance scale (1 = off)" in tex
     assert (built / "index.html").read_text().count("/index.html'") == 2
     assert not (out / "kernel_latency.png").exists()
 

@@ -29,7 +29,8 @@ _TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#
         "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "÷": r"$\div$"}  # fmt: skip
 MEASURED = ("Measured by this harness. One column per quantity, feature extractor and sample count N: never "
             "compare across them. Several seeds: mean ± 95% t-interval (n = seeds); one seed with bootstrap rows: "
-            "value [low, high]. CFG scale (1 = off) and the flows' guidance weight w (0 = off) are separate columns; "
+            "value [low, high]. Guidance scale: 1 = off (CFG; a flow's 1 + w in runs with typed sampler settings); runs "
+            "from before typed settings log the flows' weight w (0 = off), shown in its own column; "
             "NFE / image counts network evaluations, sampler steps the sequential integration steps.")  # fmt: skip
 PUBLISHED = ("Copied from the papers (source column); ImageNet 256 unless the dataset says otherwise. Comparable to "
              "the measured values only where data, budget and evaluator match - here they do not.")  # fmt: skip

@@ -24,10 +24,11 @@ DEDUP_KEY = ("suite", "run_id", "backbone", "phase", "metric", "epoch", "extract
 NUMERIC = ("value", "epoch", "step", "images_seen", "train_flops", "n_samples", "steps", "nfe", "guidance", "seed", "time")  # fmt: skip
 RUN_COLUMNS = ("run_dir", "line")
 
-# Sampler names of the autoregressive flows (TARFlow/STARFlow). Rows written before typed sampler settings
-# (no "protocol" field) store the flows' guidance WEIGHT w (0 = off, p_c^(1+w) / p_u^w) in "guidance";
-# diffusion rows store the CFG scale (1 = off). Rows with a "protocol" field follow the one convention of
-# baselines.api SamplerSettings.describe(): a guidance scale for every family (a flow's w reported as 1 + w).
+# Sampler names of the autoregressive flows (TARFlow/STARFlow). Runs from before typed sampler settings store
+# the flows' guidance WEIGHT w (0 = off, p_c^(1+w) / p_u^w) in "guidance" and diffusion's CFG scale (1 = off)
+# in the same field. Runs with typed settings (config.json's recipe sampler has a "kind") or rows with a
+# "protocol" field follow baselines.api SamplerSettings.describe(): a guidance scale, 1 = off, for every family
+# (a flow's w reported as 1 + w, the same exponent a CFG scale puts on p_c).
 AR_FLOW_SAMPLERS = ("sequential", "jacobi", "kv_cache", "ar")
 
 DEFAULT_PAPER_CSV = Path(__file__).resolve().parents[2] / "reports" / "paper_reported.csv"
@@ -54,6 +55,12 @@ class RunInfo:
 
     def family(self, backbone: str) -> str:
         return str(self.backbone_config(backbone).get("family") or backbone)
+
+    def typed_sampler(self, backbone: str) -> bool:
+        """True when config.json records typed sampler settings (their "kind"): guidance is then a scale."""
+        recipe = self.backbone_config(backbone).get("recipe")
+        sampler = recipe.get("sampler") if isinstance(recipe, dict) else None
+        return isinstance(sampler, dict) and "kind" in sampler
 
     def tokenizer_params(self, backbone: str) -> float | None:
         p = self.backbone_config(backbone).get("params")
@@ -163,12 +170,12 @@ def _quantity(metric: str, tokenizer_params: float | None) -> str:
     return metric
 
 
-def _guidance_split(guidance: Any, sampler: Any, protocol: Any) -> tuple[float, float]:
-    """(cfg_scale, flow_weight): exactly one is set when the row has a guidance value."""
+def _guidance_split(guidance: Any, sampler: Any, protocol: Any, typed: bool = False) -> tuple[float, float]:
+    """(guidance scale, flow weight w): exactly one is set when the row has a guidance value."""
     if isnull(guidance):
         return np.nan, np.nan
     g = float(guidance)
-    legacy_flow = isnull(protocol) and key(sampler) in AR_FLOW_SAMPLERS
+    legacy_flow = not typed and isnull(protocol) and key(sampler) in AR_FLOW_SAMPLERS
     return (np.nan, g) if legacy_flow else (g, np.nan)
 
 
@@ -190,7 +197,8 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
     tok = [r.tokenizer_params(key(b)) if r else None for r, b in zip(info, df["backbone"])]
     df["quantity"] = [_quantity(key(m), t) for m, t in zip(df["metric"], tok)]
     protocol = df["protocol"] if "protocol" in df.columns else pd.Series(None, index=df.index, dtype=object)
-    split = [_guidance_split(g, s, p) for g, s, p in zip(df["guidance"], df["sampler"], protocol)]
+    typed = [bool(r and r.typed_sampler(key(b))) for r, b in zip(info, df["backbone"])]
+    split = [_guidance_split(*a) for a in zip(df["guidance"], df["sampler"], protocol, typed)]
     df["cfg_scale"] = [a for a, _ in split]
     df["flow_weight"] = [b for _, b in split]
     return df

@@ -43,7 +43,7 @@ SAMPLER_COLUMNS = (
     ("sampler", "sampler"),
     ("sampler steps", "steps"),
     ("NFE / image", "nfe"),
-    ("CFG scale (1 = off)", "cfg_scale"),
+    ("guidance scale (1 = off)", "cfg_scale"),
     ("flow guidance w (0 = off)", "flow_weight"),
 )
 
@@ -273,7 +273,7 @@ def leaderboard(d: pd.DataFrame, thr: pd.DataFrame) -> Table:
 
 
 COMPACT = ("backbone", "seeds", "epochs", "last FID", "best FID", "tokenizer floor", "FID ÷ floor", "sample img/s",
-           "NFE / image", "sampler", "CFG scale", "flow guidance")  # fmt: skip
+           "NFE / image", "sampler", "guidance scale", "flow guidance")  # fmt: skip
 
 
 def compact(t: Table) -> Table:
