@@ -159,6 +159,7 @@ def test_uint8_convention_is_adms_truncation_and_recorded_in_every_npz(tmp_path)
     adm = _adm_to_uint8(x)
     np.testing.assert_array_equal(to_uint8(x), adm)  # the default is ADM's
     np.testing.assert_array_equal(to_uint8_counted(x)[0], adm)
+    np.testing.assert_array_equal(to_uint8(x, "truncate"), adm)  # Recipe.release_uint8's spelling
     rounded = np.clip(np.round((x.numpy() + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(to_uint8(x, "round"), rounded)
     assert (to_uint8(x, "round").astype(int) - adm).mean() == pytest.approx(0.5, abs=0.05)
@@ -171,6 +172,8 @@ def test_uint8_convention_is_adms_truncation_and_recorded_in_every_npz(tmp_path)
     )
     with np.load(tmp_path / "a.npz") as z:  # the ADM evaluator reads arr_0 and ignores the extra member
         assert str(z["uint8_convention"]) == "adm-truncate" and z["arr_0"].dtype == np.uint8
+    alias = write_samples_npz(tmp_path / "t.npz", adm, uint8_convention="truncate")
+    assert read_npz(alias).uint8_convention == "adm-truncate"  # recorded by its canonical name
     with NpzShardWriter(tmp_path / "round", shard_size=3, uint8_convention="round") as w:
         w.add(x)
     assert {read_npz(p).uint8_convention for p in w.paths} == {"round"}

@@ -1,5 +1,22 @@
 """Evaluation suite: ADM-compatible FID / sFID / IS / precision-recall, KID, FD-DINOv2, bootstrap intervals,
-FID-infinity, and ADM npz I/O. See evaluate.py for the entry point and extractors.py for the feature spaces."""
+FID-infinity, and ADM npz I/O. See evaluate.py for the entry point and extractors.py for the feature spaces.
+
+Which setting reproduces which library (each row is a test on the same inputs; README "Metrics"):
+- ADM evaluator (guided-diffusion evaluations/): the defaults. FID / sFID / IS (split_size 5000) with
+  `inception-v3-compat`; precision/recall with `pr_distances="float16"` (ADM's float16 distance blocks, port in
+  tests/test_metrics_adm_ports.py); sample npz written with `uint8_convention="adm-truncate"` (its samplers).
+- torch-fidelity: FID equal; IS equal with `isc_splits = N / 5000` and `samples_shuffle=False` (its defaults,
+  10 shuffled splits, differ); precision/recall equal with `pr_distances="float32"`; KID equal with our
+  defaults (its seed 2020, 100 subsets of 1000; N below the subset size is refused by both).
+- torchmetrics FID: equal only with `FrechetInceptionDistance(antialias=False)` and float64 (`set_dtype`);
+  its default antialiased resize is not ADM's.
+- clean-fid, pytorch-fid: the Frechet distance of given statistics agrees (to 1e-6); their features do not
+  (clean-fid resizes with PIL, pytorch-fid uses other Inception weights).
+- dgm-eval FD-DINOv2: the `dinov2-vit-*` extractors (hub DINOv2's position-table resampling, PIL bicubic
+  224 px, CLS token), then our Frechet distance.
+- FID-infinity (Chong & Forsyth's code): equal for the same seed; subsets below 2 x D or a fit over less than
+  a factor 5 in N are refused.
+"""
 
 from bench.metrics.adm_npz import (
     AdmBatch,

@@ -251,9 +251,17 @@ def _check_uint8_nhwc(images: np.ndarray, what: str = "images") -> np.ndarray:
     return images
 
 
+UINT8_ALIASES = {"truncate": "adm-truncate"}  # baselines.api.Recipe.release_uint8 spells it "truncate"
+
+
 def check_uint8_convention(convention: str) -> str:
+    """The canonical name of a uint8 convention (what files record), or OptionError."""
+    convention = UINT8_ALIASES.get(convention, convention)
     if convention not in UINT8_CONVENTIONS:
-        raise OptionError(f"unknown uint8 convention {convention!r}; known: {', '.join(UINT8_CONVENTIONS)}")
+        raise OptionError(
+            f"unknown uint8 convention {convention!r}; known: {', '.join(UINT8_CONVENTIONS)} "
+            f"(alias: truncate = adm-truncate)"
+        )
     return convention
 
 
@@ -278,7 +286,7 @@ def to_uint8_counted(
     `convention` ("adm-truncate", ADM's samplers: (x + 1) * 127.5, clamp, truncate; or "round"). The mask is
     computed before any clamping, so +/-Inf count as non-finite; such a sample is stored as zeros.
     """
-    check_uint8_convention(convention)
+    convention = check_uint8_convention(convention)
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
         return _check_uint8_nhwc(images), np.zeros(len(images), dtype=bool)
     x = torch.as_tensor(images)
