@@ -91,7 +91,7 @@ print(slug(torch.cuda.get_device_properties(0).name) if device == "cuda" else "c
 EOF
 )
 PRE=$?
-tail -n 3 "$LOG"
+grep -v '^\[gpu_check' "$LOG" | tail -n 3
 if [ $PRE -ne 0 ] || [ -z "$GPU_SLUG" ]; then
   say "preflight FAILED (see above); no measurement was made"
   exit 2

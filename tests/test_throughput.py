@@ -126,3 +126,18 @@ def test_option_errors(tmp_path):
         == set(TINY_FAMILIES)
         == {"repa", "vavae_lightningdit", "fae", "starflow", "tarflow"}
     )
+
+
+@pytest.mark.parametrize("name", ["vavae_lightningdit", "fae"])
+def test_paper_size_builds_without_weight_files(name):
+    """The GPU path's models at paper size, built on the meta device (shapes only): no weights file is needed,
+    and the FLOPs FlopCounterMode counts for one forward equal the model's analytic count."""
+    from bench.throughput_run import build_family, count_flops, synthetic_batch
+
+    fam = PAPER_FAMILIES[name]
+    bb = build_family(fam, "meta", 1000)
+    assert 670e6 < sum(p.numel() for p in bb.generator.parameters()) < 690e6  # the XL generators: 675M
+    inputs = synthetic_batch(bb, fam, 2, 1000, "meta")
+    with torch.no_grad():
+        flops = count_flops(lambda: bb.generator.loss(inputs["latents"], inputs["labels"], None)) / 2
+    assert flops == pytest.approx(bb.generator.flops_per_image(), rel=0.02)
