@@ -99,9 +99,18 @@ def environment(device: str) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
+    from baselines import ops
+
     dev = torch.device(device)
     name = torch.cuda.get_device_properties(dev).name if dev.type == "cuda" else "cpu"
-    return {"device": name, "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda}
+    # which fused-op implementations ran (the models' Triton kernels or their references), and which SDPA
+    # kernels torch may pick (the models call F.scaled_dot_product_attention)
+    sdpa = [k for k, on in (("flash", torch.backends.cuda.flash_sdp_enabled()),
+                            ("mem_efficient", torch.backends.cuda.mem_efficient_sdp_enabled()),
+                            ("math", torch.backends.cuda.math_sdp_enabled())) if on]  # fmt: skip
+    return {"device": name, "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
+            "ops_backend": ops.get_backend(), "ops_torch_only": ",".join(sorted(ops.torch_only())),
+            "sdpa_backends": ",".join(sdpa)}  # fmt: skip
 
 
 def _autocast(device: str, dtype: str):
@@ -312,6 +321,7 @@ class ThroughputRun:
                 rows.append(self.row(fam, "train", **fields, status=_fail(e)))
             self._log(rows[-1])
         del opt
+        gen.zero_grad(set_to_none=True)  # the sampling sweep that follows gets the gradients' memory back
         gen.eval()
         return rows
 

@@ -75,3 +75,19 @@ def test_registry_paper_shapes():
     assert (star["T"], star["D"], star["softplus"]) == (1024, 4, 1)
     kv = {c.shape["B"] for c in OPS["kv_attention"].cases}
     assert all(b % 2 == 0 for b in kv), "CFG doubles the sampling batch"
+
+
+def test_route_to_torch_takes_an_op_out_of_the_model_path():
+    """How a kernel that misses its speed goals leaves the model path: GENBENCH_OPS_TORCH=<op> / route_to_torch."""
+    op = OPS["swiglu"]
+    try:
+        ops.route_to_torch(["swiglu"])
+        assert ops.torch_only() == {"swiglu"}
+        with ops.backend("triton"):
+            assert ops._impl("swiglu", torch.randn(2, 4)) is op.reference  # even under the triton backend
+            assert ops._impl("rope", torch.randn(2, 4)) is OPS["rope"].triton
+        with pytest.raises(ValueError, match="unknown op"):
+            ops.route_to_torch(["swiglu", "no_such_op"])
+    finally:
+        ops.route_to_torch([])
+    assert ops.torch_only() == frozenset()

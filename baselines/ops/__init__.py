@@ -39,6 +39,11 @@ def route_to_torch(names) -> None:
 route_to_torch(os.environ.get("GENBENCH_OPS_TORCH", "").split(","))
 
 
+def torch_only() -> frozenset[str]:
+    """The ops kept on their reference whatever the backend (GENBENCH_OPS_TORCH / route_to_torch)."""
+    return _torch_only
+
+
 def set_backend(name: str) -> None:
     global _backend
     if name not in _BACKENDS:
