@@ -64,6 +64,7 @@ TINY_FAMILIES: dict[str, Family] = {
     for k, f in PAPER_FAMILIES.items()
 }
 SAMPLE_BATCH_SIZES = (1, 4, 16, 64, 256)
+COMPILE_MIN_S = 60.0  # budget a paper-size torch.compile of a training step needs (inductor, fwd + bwd)
 
 
 @dataclass
@@ -297,7 +298,8 @@ class ThroughputRun:
         rows = []
         for compiled in modes:
             fields = dict(base, compile=compiled, flops_per_step=flops)
-            if self.clock.left() <= 0:
+            # a compilation cannot be stopped half way: start one only with time for it left
+            if self.clock.left() <= (COMPILE_MIN_S if compiled and self.cuda else 0):
                 rows.append(self.row(fam, "train", **fields, status="skipped: time budget"))
                 continue
             try:
