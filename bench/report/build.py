@@ -297,7 +297,11 @@ def build_reports(results_dir: str | Path, out_dir: str | Path, suites: Sequence
         written += suite_report(suite, df, runs, paper, out_dir / suite, results_dir, colors, make_plots)
     listed = sorted(p.parent.name for p in out_dir.glob("*/index.html"))
     summary = {s: f"{df.loc[df['suite'] == s, 'run_id'].nunique()} run(s)" for s in available}
-    (out_dir / "index.html").write_text(html.index_page([(s, summary.get(s, "")) for s in listed]))
+    others = sorted(
+        p.relative_to(out_dir).as_posix() for p in out_dir.glob("*/*.md") if p.parent.name not in listed
+    )
+    others += ["paper_reported.csv"] if (out_dir / "paper_reported.csv").is_file() else []
+    (out_dir / "index.html").write_text(html.index_page([(s, summary.get(s, "")) for s in listed], others))
     return [*written, out_dir / "index.html"]
 
 

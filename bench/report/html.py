@@ -149,9 +149,11 @@ def suite_page(
     return _page(f"genbench: {suite}", "\n".join(parts))
 
 
-def index_page(suites: list[tuple[str, str]]) -> str:
-    """suites: (name, one-line summary)."""
+def index_page(suites: list[tuple[str, str]], others: list[str] = ()) -> str:
+    """suites: (name, one-line summary); others: paths (relative) of other reports to link."""
     items = "\n".join(f"<li><a href='{_e(s)}/index.html'>{_e(s)}</a> <span class='caption'>{_e(d)}</span></li>"
                       for s, d in suites)  # fmt: skip
+    rest = "\n".join(f"<li><a href='{_e(o)}'>{_e(o)}</a></li>" for o in others)
+    more = f"<h2>Other reports</h2><ul>\n{rest}\n</ul>" if others else ""
     return _page("genbench reports", f"<h1>genbench reports</h1><p class='sub'>One page per suite, built by "
-                 f"<code>invoke report</code> from the results store.</p><ul>\n{items}\n</ul>")  # fmt: skip
+                 f"<code>invoke report</code> from the results store.</p><ul>\n{items}\n</ul>{more}")  # fmt: skip
