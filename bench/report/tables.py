@@ -176,10 +176,12 @@ class _Builder:
         if quantity is not None and text != "":
             self.sources.setdefault(column, set()).add(quantity)
 
-    def table(self) -> Table:
+    def table(self, drop_empty: bool = False) -> Table:
         cols: list[str] = []
         for r in self.rows:
             cols += [c for c in r if c not in cols]
+        if drop_empty:  # a column no row fills (e.g. the flows' weight in a run without flows) says nothing
+            cols = [c for c in cols if any(r.get(c, "") != "" for r in self.rows)]
         text = pd.DataFrame(self.rows, columns=cols).fillna("")
         return Table(text, pd.DataFrame(self.sorts, columns=cols), self.sources)
 
@@ -269,7 +271,7 @@ def leaderboard(d: pd.DataFrame, thr: pd.DataFrame) -> Table:
             v = vals.iloc[-1] if len(vals) else None
             b.put(name, key(v) if fieldname == "sampler" else num(v), np.nan if fieldname == "sampler" else v,
                   fieldname)  # fmt: skip
-    return b.table()
+    return b.table(drop_empty=True)
 
 
 COMPACT = ("backbone", "seeds", "epochs", "last FID", "best FID", "tokenizer floor", "FID ÷ floor", "sample img/s",
