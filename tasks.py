@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 
@@ -12,7 +13,19 @@ def _user_error(e: Exception) -> Exit:
     return Exit(f"error: {e}", code=2)
 
 
-# Every task turns a bench.errors.UserError into one line + exit code 2; other exceptions keep their traceback.
+def _user_errors(fn):
+    """Every task turns a bench.errors.UserError into one line + exit code 2; other exceptions keep their traceback."""
+
+    @functools.wraps(fn)  # invoke reads the task's options from the wrapped signature
+    def wrapper(c, *args, **kwargs):
+        from bench.errors import UserError
+
+        try:
+            return fn(c, *args, **kwargs)
+        except UserError as e:
+            raise _user_error(e) from None
+
+    return wrapper
 
 
 @task(help={
@@ -23,21 +36,19 @@ def _user_error(e: Exception) -> Exit:
     "device": "cpu or cuda",
     "run_id": "run directory name (default: derived from seed and configuration; an existing run resumes)",
 })  # fmt: skip
+@_user_errors
 def bench(c, suite="smoke", backbones="", out="results", seed=0, device="cpu", run_id=""):
     """Train, sample, evaluate and measure a suite's backbones into results/<suite>/<run_id>/."""
-    from bench.errors import UserError
     from bench.runner import run_bench
 
-    try:
-        code = run_bench(suite, backbones or None, out, int(seed), device, run_id or None)
-    except UserError as e:
-        raise _user_error(e) from None
+    code = run_bench(suite, backbones or None, out, int(seed), device, run_id or None)
     if code:
         raise Exit(code=code)
 
 
 @task(help={"results": "results root (default: results)", "out": "reports root (default: reports)",
             "suite": "only this suite (default: every suite in the store)"})  # fmt: skip
+@_user_errors
 def report(c, results="results", out="reports", suite=""):
     """Rebuild tables, figures and the HTML pages (reports/<suite>/index.html) from the results store alone."""
     from bench.report import main
@@ -48,6 +59,7 @@ def report(c, results="results", out="reports", suite=""):
 
 
 @task
+@_user_errors
 def test(c, args=""):
     """Run the test suite (as README and CI do)."""
     c.run(f"{sys.executable} -m pytest -q {args}", pty=False)
@@ -55,6 +67,7 @@ def test(c, args=""):
 
 @task(help={"extractor": "feature extractor name", "weights": "weights file of the extractor",
             "metrics": "comma list of fid,sfid,is,prec,rec,kid,fid_ci,fid_inf (default: ADM's set, less what REF cannot provide)"})  # fmt: skip
+@_user_errors
 def fid(c, samples, ref, extractor="inception-v3-compat", weights="", metrics=""):
     """Score SAMPLES.npz against REF.npz like the ADM evaluator; prints one JSON line."""
     from bench.metrics.cli import main
@@ -77,6 +90,7 @@ def fid(c, samples, ref, extractor="inception-v3-compat", weights="", metrics=""
         "compare": "baseline JSON to gate against",
     }
 )
+@_user_errors
 def kernels(c, static=False, latency=False, json="", compare=""):
     """Triton kernels: static cost gate (CPU) or latency against eager/compile and the roofline (GPU)."""
     from bench.kernels import main
@@ -89,6 +103,7 @@ def kernels(c, static=False, latency=False, json="", compare=""):
 
 
 @task(help={"cases": "golden case directories (default: ../shared/golden/*)"})
+@_user_errors
 def parity(c, cases=""):
     """Run parity against the official implementations' golden data."""
     import glob

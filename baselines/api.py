@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.errors import OptionError  # user errors: one line, exit code 2 (tasks.py)
+
 
 class Tokenizer(nn.Module):
     """image <-> latent. Subclasses implement `_encode`, `decode`, `latent_shape`; trainable ones `loss`."""
@@ -184,7 +186,7 @@ class Recipe:
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise ValueError(f"unknown recipe field(s) {unknown}; known: {sorted(names)}")
+            raise OptionError(f"unknown recipe field(s) {unknown}; known: {sorted(names)}")
         if "sampler" in overrides:  # merge, so a suite can change one sampler knob
             overrides = dict(overrides, sampler={**self.sampler, **overrides["sampler"]})
         return dataclasses.replace(self, **overrides)
@@ -237,7 +239,7 @@ BACKBONES: dict[str, str] = {
 
 def build_backbone(name: str, preset: str = "tiny", **options: Any) -> Backbone:
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+        raise OptionError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
     module, fn = BACKBONES[name].split(":")
     return getattr(importlib.import_module(module), fn)(preset, **options)
 

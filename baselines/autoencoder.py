@@ -380,12 +380,10 @@ def load_diffusers_vae(folder: str | Path) -> AutoencoderKL:
         raise FileNotFoundError(f"diffusers VAE config not found: {cfg_path}; {_HOW_TO_GET}")
     cfg = json.loads(cfg_path.read_text())
     st, binf = folder / "diffusion_pytorch_model.safetensors", folder / "diffusion_pytorch_model.bin"
-    if st.is_file():
-        from safetensors.torch import load_file
+    if st.is_file() or binf.is_file():
+        from bench.checkpoints import load_weights  # safetensors or weights_only: never runs pickled code
 
-        sd = load_file(str(st))
-    elif binf.is_file():
-        sd = torch.load(binf, map_location="cpu", weights_only=True)
+        sd = load_weights(st if st.is_file() else binf, "diffusers VAE weights")
     else:
         raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors or .bin in {folder}; {_HOW_TO_GET}")
     dd, embed_dim = _diffusers_ddconfig(cfg)

@@ -84,12 +84,10 @@ class DINOv2Encoder(nn.Module):
         self.model = timm.create_model(
             arch, pretrained=False, num_classes=0, dynamic_img_size=True, **timm_kwargs
         )
-        if path is not None and path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        if path is not None:  # safetensors or weights_only; a mismatch names the first keys
+            from bench.checkpoints import load_state_dict_strict, load_weights
 
-            self.model.load_state_dict(load_file(str(path)), strict=True)
-        elif path is not None:
-            self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+            load_state_dict_strict(self.model, load_weights(path, f"{name} weights"), path)
         self.image_size = image_size
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines import ops
-from baselines.api import Backbone, Recipe, Tokenizer
+from baselines.api import Backbone, OptionError, Recipe, Tokenizer
 from baselines.layers import get_2d_sincos_pos_embed, unpatchify
 
 # --- primitives -------------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ class FAEConfig:
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> FAEConfig:
         if preset not in FAE_configs:
-            raise ValueError(f"unknown FAE preset {preset!r}; known: {', '.join(FAE_configs)}")
+            raise OptionError(f"unknown FAE preset {preset!r}; known: {', '.join(FAE_configs)}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - names)
         if unknown:

@@ -69,7 +69,9 @@ def _lpips_vgg(vgg_path: Path) -> nn.Module:
     import lpips  # maintained implementation; its linear weights (v0.1 vgg.pth) ship inside the wheel
 
     model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)  # pnet_rand: no download
-    sd = torch.load(vgg_path, map_location="cpu", weights_only=True)
+    from bench.checkpoints import load_weights  # weights_only: never runs pickled code
+
+    sd = load_weights(vgg_path, "LPIPS VGG16 weights")
     for slice_ in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
         for name, module in slice_.named_children():
             if isinstance(module, nn.Conv2d):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from baselines.api import Backbone, Recipe
+from baselines.api import Backbone, OptionError, Recipe
 from baselines.sit import SiT, SiT_configs
 from baselines.transport import (
     FlowMatchingGenerator,
@@ -60,7 +60,7 @@ def build_backbone(
     from baselines.encoders import build_encoder
 
     if preset not in PRESETS:
-        raise ValueError(f"unknown REPA preset {preset!r}; known: {', '.join(PRESETS)}")
+        raise OptionError(f"unknown REPA preset {preset!r}; known: {', '.join(PRESETS)}")
     p = PRESETS[preset]
     num_classes = num_classes or p["num_classes"]
     image_size = image_size or p["image_size"]

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from baselines import ops
-from baselines.api import Backbone, Generator, Recipe
+from baselines.api import Backbone, Generator, OptionError, Recipe
 from baselines.tarflow import (
     DecodeStats,
     KVCache,
@@ -1075,7 +1075,7 @@ _STARFLOW_SOURCE = (
 
 def build_model(preset: str = "tiny", **overrides: Any) -> StarFlow:
     if preset not in STARFLOW_PRESETS:
-        raise ValueError(f"unknown STARFlow preset {preset!r}; known: {', '.join(STARFLOW_PRESETS)}")
+        raise OptionError(f"unknown STARFlow preset {preset!r}; known: {', '.join(STARFLOW_PRESETS)}")
     return StarFlow(**{**STARFLOW_PRESETS[preset]["model"], **overrides})
 
 
@@ -1095,7 +1095,7 @@ def build_backbone(
     if options:
         raise ValueError(f"unknown STARFlow backbone option(s) {sorted(options)}")
     if preset not in STARFLOW_PRESETS:
-        raise ValueError(f"unknown STARFlow preset {preset!r}; known: {', '.join(STARFLOW_PRESETS)}")
+        raise OptionError(f"unknown STARFlow preset {preset!r}; known: {', '.join(STARFLOW_PRESETS)}")
     spec = STARFLOW_PRESETS[preset]
     if spec["classes"] is None:
         raise ValueError(

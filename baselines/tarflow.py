@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines import ops
-from baselines.api import Backbone, Generator, Recipe, Tokenizer
+from baselines.api import Backbone, Generator, OptionError, Recipe, Tokenizer
 
 # ----------------------------------------------------------------------------------------------------------------
 # Shared flow machinery: key/value cache, causal attention, sequential and block-wise Jacobi decoding
@@ -866,7 +866,7 @@ _TARFLOW_SOURCE = (
 
 def build_model(preset: str = "tiny", **overrides: Any) -> TarFlow:
     if preset not in TARFLOW_PRESETS:
-        raise ValueError(f"unknown TARFlow preset {preset!r}; known: {', '.join(TARFLOW_PRESETS)}")
+        raise OptionError(f"unknown TARFlow preset {preset!r}; known: {', '.join(TARFLOW_PRESETS)}")
     return parity_model({**TARFLOW_PRESETS[preset]["model"], **overrides})
 
 
@@ -882,7 +882,7 @@ def build_backbone(
     if options:
         raise ValueError(f"unknown TARFlow backbone option(s) {sorted(options)}")
     if preset not in TARFLOW_PRESETS:
-        raise ValueError(f"unknown TARFlow preset {preset!r}; known: {', '.join(TARFLOW_PRESETS)}")
+        raise OptionError(f"unknown TARFlow preset {preset!r}; known: {', '.join(TARFLOW_PRESETS)}")
     spec = TARFLOW_PRESETS[preset]
     over = {}
     if num_classes is not None:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.api import Backbone, Recipe
+from baselines.api import Backbone, OptionError, Recipe
 from baselines.autoencoder import AE_CONFIGS, AETokenizer, AutoencoderKL, _dd
 from baselines.losses import VAELoss
 
@@ -173,14 +173,13 @@ class VAVAETokenizer(AETokenizer):
 
 
 def _load(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    from bench.checkpoints import load_weights
+    from bench.errors import MissingInputError
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; download {what} and pass its local path")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingInputError(f"{path} not found; download {what} and pass its local path")
+    return load_weights(path, what)  # safetensors or weights_only: never runs pickled code
 
 
 def load_vavae_state_dict(ckpt: str | Path, model: VAVAE) -> dict[str, torch.Tensor]:
@@ -295,7 +294,7 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
     from baselines.transport import FlowMatchingGenerator
 
     if preset not in PRESETS:
-        raise ValueError(f"unknown vavae_lightningdit preset {preset!r}; known: {', '.join(PRESETS)}")
+        raise OptionError(f"unknown vavae_lightningdit preset {preset!r}; known: {', '.join(PRESETS)}")
     p = PRESETS[preset]
     num_classes = num_classes or p["num_classes"]
     image_size = image_size or p["image_size"]

@@ -16,6 +16,13 @@ class OptionError(UserError, ValueError):
     """An unknown or invalid option, preset, sampler key, suite override or budget."""
 
 
+def require_positive(**values: float | int | None) -> None:
+    """Budgets, batch sizes and sample counts must be >= 1 (None = not set): one OptionError naming them."""
+    bad = [f"{k}={v}" for k, v in values.items() if v is not None and not v >= 1]
+    if bad:
+        raise OptionError(f"must be >= 1: {', '.join(bad)}")
+
+
 class MissingInputError(UserError, FileNotFoundError):
     """A file or folder the run needs (data, weights, reference batch) does not exist."""
 
@@ -26,3 +33,7 @@ class CorruptInputError(UserError, ValueError):
 
 class RunLockedError(UserError, RuntimeError):
     """Another live process is writing to the same run directory."""
+
+
+class DiskFullError(UserError, OSError):
+    """The disk filled up while writing; what was written before is intact, the run resumes after space is freed."""

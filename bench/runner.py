@@ -9,6 +9,7 @@ import traceback
 import torch
 from tabulate import tabulate
 
+from bench.errors import require_positive
 from bench.progress import log, setup_logging
 from bench.store import RunStore, config_hash
 from bench.suites import SuiteError, check_output_dir, check_requirements, get_suite, resolve
@@ -83,6 +84,7 @@ def run_bench(
     suite, names, root = plan(suite_name, backbones, out, device)
     config = {"suite": suite.name, "seed": seed, "device": device, "backbones": {n: backbone_config(suite, n) for n in names},
               "eval_epochs": list(suite.eval_epochs), "n_eval_samples": suite.n_eval_samples, "extractor": suite.extractor}  # fmt: skip
+    require_positive(n_eval_samples=suite.n_eval_samples, sample_batch_size=suite.sample_batch_size, **{f"{n}.{k}": c["recipe"][k] for n, c in config["backbones"].items() for k in ("epochs", "batch_size", "stage1_batch_size")})  # fmt: skip
     run_id = run_id or f"seed{seed}-{config_hash(config)[:8]}"
     store = RunStore(root, suite.name, run_id, seed=seed, config=config, device=device)
     setup_logging(store.dir / "log.txt")
@@ -107,6 +109,7 @@ def run_bench(
         f"run {store.dir} finished in {time.perf_counter() - t0:.0f}s"
         + (f"; FAILED: {', '.join(failed)}" if failed else "")
     )
+    store.close()  # release the run's lock (an exception releases it at process exit)
     return 1 if failed else 0
 
 

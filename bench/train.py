@@ -15,9 +15,10 @@ from dataclasses import asdict
 import torch
 
 from baselines.api import Backbone, build_backbone, sample_seed
+from bench.checkpoints import checkpoint_ok, load_checkpoint, save_checkpoint
 from bench.data import embedded_images, to_model_range
 from bench.progress import Progress, log
-from bench.store import RunStore, atomic_torch_save
+from bench.store import RunStore
 
 
 def _gen(seed: int, *key: int) -> torch.Generator:
@@ -96,8 +97,10 @@ class BackboneRun:
             return
         key = tok.shared_key
         ckpt = self.store.dir / "_shared" / f"{key}.pt" if key else self.dir / "stage1.pt"
-        if ckpt.exists():
-            state = torch.load(ckpt, map_location=self.device, weights_only=True)
+        if ckpt.exists() and not checkpoint_ok(ckpt):  # torn or tampered: recomputed, never used
+            log.info(f"[{self.name}] stage 1: {ckpt} fails its checksum; training it again")
+        elif ckpt.exists():
+            state = load_checkpoint(ckpt, map_location=self.device)
             tok.load_state_dict(state["tokenizer"])
             log.info(
                 f"[{self.name}] stage 1: loaded {ckpt}"
@@ -142,7 +145,7 @@ class BackboneRun:
                     + " ".join(f"{k}={v:.4g}" for k, v in means.items())
                 )
         tok.eval()
-        atomic_torch_save(ckpt, {"tokenizer": tok.state_dict(), "trained_by": self.name})
+        save_checkpoint(ckpt, {"tokenizer": tok.state_dict(), "trained_by": self.name})
 
     # --- latents --------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -174,8 +177,10 @@ class BackboneRun:
         flops = 3.0 * gen.flops_per_image()  # forward + backward ~ 3x forward
         ckpt = self.dir / "stage2.pt"
         start = 0
-        if ckpt.exists():
-            state = torch.load(ckpt, map_location=self.device, weights_only=True)
+        if ckpt.exists() and not checkpoint_ok(ckpt):  # torn or tampered: recomputed, never used
+            log.info(f"[{self.name}] stage 2: {ckpt} fails its checksum; training from the start")
+        elif ckpt.exists():
+            state = load_checkpoint(ckpt, map_location=self.device)
             gen.load_state_dict(state["generator"])
             ema.load_state_dict(state["ema"])
             opt.load_state_dict(state["opt"])
@@ -233,7 +238,7 @@ class BackboneRun:
                 )
                 if epoch in self.suite.eval_epochs or epoch == r.epochs:
                     self.evaluate(epoch, epoch * per_epoch, seen, flops * seen)
-                atomic_torch_save(
+                save_checkpoint(
                     ckpt,
                     {
                         "generator": gen.state_dict(),

@@ -20,6 +20,7 @@ both the read and the write side (`NpzShardWriter`, `merge_shards`).
 
 from __future__ import annotations
 
+import errno
 import os
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -29,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.errors import CorruptInputError, OptionError
+from bench.errors import CorruptInputError, MissingInputError, OptionError
 from bench.metrics.frechet import covariance_problem
+from bench.store import disk_full
 
 UINT8_CONVENTIONS = ("adm-truncate", "round")
 DEFAULT_UINT8 = "adm-truncate"
@@ -41,7 +43,7 @@ class NpzFormatError(CorruptInputError):
     """A batch file that is not a valid ADM npz; the message names the file and the problem."""
 
 
-class NonFiniteSamplesError(ValueError):
+class NonFiniteSamplesError(CorruptInputError):
     """Samples with NaN/Inf values: metrics refuse them rather than return a misleading number."""
 
     def __init__(self, message: str, n_nonfinite: int, n_samples: int):
@@ -157,7 +159,7 @@ def read_npz(path: str | os.PathLike) -> AdmBatch:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInputError(f"{path}: no such file")
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, EOFError, OSError) as e:
@@ -203,6 +205,8 @@ def read_npz(path: str | os.PathLike) -> AdmBatch:
                 raise NpzFormatError(
                     f"{path}: arr_1 (labels) must be integers [N={batch.n_images}], got {labels.dtype} {labels.shape}"
                 )
+            if len(labels) and labels.min() < 0:  # class indices; a negative one is never a real class
+                raise NpzFormatError(f"{path}: arr_1 (labels) has negative class index {int(labels.min())}")
             batch.labels = labels.astype(np.int64)
 
         for mu_key, sigma_key in STAT_PAIRS:
@@ -345,8 +349,10 @@ def _write(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     try:
         for k, v in arrays.items():
             stream.add(k, v)
-    except BaseException:
+    except BaseException as e:
         stream.abort()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path, e) from None  # one line; the shards written before stay intact
         raise
     return stream.close()
 
@@ -416,7 +422,7 @@ class NpzShardWriter:
         uint8_convention: str = DEFAULT_UINT8,
     ):
         if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+            raise OptionError(f"shard_size must be >= 1, got {shard_size}")
         self.dir, self.shard_size, self.prefix = Path(directory), shard_size, prefix
         self.uint8_convention = check_uint8_convention(uint8_convention)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -539,7 +545,7 @@ def sample_sources(samples: str | os.PathLike | Iterable[str | os.PathLike]) -> 
         if p.is_dir():
             paths = sorted(p.glob("*.npz"))
             if not paths:
-                raise FileNotFoundError(f"{p}: folder holds no .npz shards")
+                raise MissingInputError(f"{p}: folder holds no .npz shards")
         else:
             paths = [p]
     else:

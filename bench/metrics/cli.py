@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from bench.errors import OptionError
 from bench.metrics.adm_npz import NonFiniteSamplesError, read_npz
 from bench.metrics.evaluate import ADM_METRICS, evaluate, parse_metrics
 from bench.metrics.extractors import EXTRACTORS
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for opt in ("batch_size", "boot"):
+            if getattr(args, opt) < 1:
+                raise OptionError(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
         if args.metrics == "auto":
             metrics, skipped = list(ADM_METRICS), []
             ref = read_npz(args.reference)

@@ -60,7 +60,7 @@ def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
         canon = ALIASES.get(m, m)
         for c in canon if isinstance(canon, tuple) else (canon,):
             if c not in METRICS:
-                raise ValueError(
+                raise OptionError(
                     f"unknown metric {raw!r}; known: {', '.join(METRICS)} (aliases: {', '.join(ALIASES)})"
                 )
             if c not in out:
@@ -151,11 +151,11 @@ def compute_reference(
             )
         if not batch.has_images and not stats_ok:
             tag = batch.extractor or "ADM's TF Inception"
-            raise ValueError(
+            raise CorruptInputError(
                 f"{batch.path}: holds statistics for {tag} but no images; cannot evaluate with {ex.name!r}"
             )
         if not batch.has_images and need_features:
-            raise ValueError(
+            raise CorruptInputError(
                 f"{batch.path}: holds statistics only (no arr_0); precision/recall/KID need reference images"
             )
         features = None
@@ -186,7 +186,7 @@ def _open_samples(samples, uint8_convention: str = DEFAULT_UINT8) -> tuple[objec
         return u8, len(u8), int(bad.sum())
     missing = [str(b.path) for b in batches if not b.has_images]
     if missing:
-        raise ValueError(f"sample batches need images (arr_0): {', '.join(missing)}")
+        raise CorruptInputError(f"sample batches need images (arr_0): {', '.join(missing)}")
     return batches, sum(b.n_images for b in batches), sum(b.n_nonfinite for b in batches)
 
 
@@ -264,13 +264,16 @@ def evaluate(
         raise OptionError(
             f"KID: subset size {kid_subset_size} is larger than the {n} samples; pass a smaller kid_subset_size"
         )
+    _check_resolution(source, reference)  # before any feature is computed
     need_ref_features = any(m in ("precision", "recall", "kid") for m in wanted)
     ref = compute_reference(
         reference, ex, device=device, batch_size=batch_size, need_features=need_ref_features
     )
     result["n_ref"] = ref.n
     if "sfid" in wanted and "mu_s" not in ref.stats:
-        raise ValueError(f"reference ({ref.source}) has no spatial statistics (mu_s, sigma_s) for sFID")
+        raise CorruptInputError(
+            f"reference ({ref.source}) has no spatial statistics (mu_s, sigma_s) for sFID"
+        )
     if "kid" in wanted and ref.n is not None and ref.n < kid_subset_size:
         raise OptionError(
             f"KID: subset size {kid_subset_size} is larger than the {ref.n} reference images; pass a smaller kid_subset_size"
@@ -354,8 +357,22 @@ def evaluate(
     return result
 
 
+def _check_resolution(source, reference) -> None:
+    """A reference batch of another resolution than the samples gives a meaningless number: refuse it."""
+    if isinstance(source, np.ndarray) or not isinstance(reference, str | os.PathLike):
+        return
+    ref = read_npz(reference)
+    shapes = {b.image_shape for b in source}
+    if ref.has_images and shapes != {ref.image_shape}:
+        got = ", ".join(f"{h}x{w}" for h, w, _ in sorted(shapes))
+        raise CorruptInputError(
+            f"{ref.path}: reference images are {ref.image_shape[0]}x{ref.image_shape[1]}, samples are {got}; "
+            "use the reference batch of the samples' resolution"
+        )
+
+
 def _check_dim(features: np.ndarray, ref_mu: np.ndarray, key: str, ref: Reference) -> None:
     if features.shape[1:] != ref_mu.shape:
-        raise ValueError(
+        raise CorruptInputError(
             f"reference ({ref.source}) {key} statistics have dimension {ref_mu.shape[0]}, samples {features.shape[1]}"
         )

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.checkpoints import load_state_dict_strict, load_weights
 from bench.errors import CorruptInputError, MissingInputError, OptionError
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -96,7 +96,7 @@ def find_inception_weights(weights: str | os.PathLike | None = None) -> Path:
     if weights is not None:
         p = Path(weights)
         if not p.is_file():
-            raise FileNotFoundError(f"inception-v3-compat: weights file {p} does not exist")
+            raise MissingInputError(f"inception-v3-compat: weights file {p} does not exist")
         return p
     candidates = []
     env = os.environ.get("GENBENCH_WEIGHTS")
@@ -108,7 +108,7 @@ def find_inception_weights(weights: str | os.PathLike | None = None) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"inception-v3-compat needs torch-fidelity's InceptionV3 weights file {INCEPTION_WEIGHTS_FILE} "
         f"({INCEPTION_WEIGHTS_URL}). Download it on a machine with internet and pass --weights PATH, set "
         f"GENBENCH_WEIGHTS to it (or to its folder), or put it in torch hub's cache. Looked in: "
@@ -175,12 +175,10 @@ class InceptionV3Compat(FeatureExtractor):
         dtype: str = "float32",
     ):
         path = find_inception_weights(weights)
-        try:  # weights_only: a plain state_dict; torch-fidelity then loads the same (now vetted) file strictly
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-            raise ValueError(f"{path}: not a loadable InceptionV3 state_dict ({e})") from e
+        # weights_only: a plain state_dict; torch-fidelity then loads the same (now vetted) file strictly
+        state = load_weights(path, "InceptionV3 weights")
         if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
-            raise ValueError(
+            raise CorruptInputError(
                 f"{path}: not torch-fidelity's InceptionV3 state_dict (keys {list(state)[:4]}...)"
             )
         del state
@@ -262,17 +260,11 @@ class DINOv2(FeatureExtractor):
             arch, pretrained=False, num_classes=0, img_size=self.image_size, **(model_kwargs or {})
         )
         if self.weights_path is not None:
-            if self.weights_path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(self.weights_path))
-            else:
-                state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
-            state = dict(state)
+            state = dict(load_weights(self.weights_path, f"{name} weights"))  # safetensors / weights_only
             if "pos_embed" not in state:
                 raise CorruptInputError(f"{self.weights_path}: no pos_embed; not a DINOv2 checkpoint")
             state["pos_embed"] = hub_pos_embed_224(state["pos_embed"], 14, self.image_size)
-            self.model.load_state_dict(checkpoint_filter_fn(state, self.model), strict=True)
+            load_state_dict_strict(self.model, checkpoint_filter_fn(state, self.model), self.weights_path)
             if not torch.equal(
                 self.model.pos_embed.detach(), state["pos_embed"]
             ):  # timm must not resample again
@@ -329,6 +321,6 @@ def get_extractor(
         return DINOv2(name, weights, device)
     if name == "smoke":
         if weights is not None:
-            raise ValueError("the smoke extractor trains its own weights; do not pass weights")
+            raise OptionError("the smoke extractor trains its own weights; do not pass weights")
         return Smoke(device, cache_dir)
-    raise ValueError(f"unknown feature extractor {name!r}; known: {', '.join(EXTRACTORS)}")
+    raise OptionError(f"unknown feature extractor {name!r}; known: {', '.join(EXTRACTORS)}")
