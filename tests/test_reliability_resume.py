@@ -22,12 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 # description contains `desc` once `min_done` items are done: logs a marker line and sleeps until killed.
 DRIVER = """
 import dataclasses, os, sys, time
+import torch
+torch.set_num_threads(1)  # bit for bit: multi-threaded CPU kernels may split float sums differently per process
 from bench import suites
 from bench.progress import Progress, log
 
 o = suites.SMOKE.overrides["repa"]
 suites.SUITES["rmini"] = dataclasses.replace(
-    suites.SMOKE, name="rmini", backbones=("repa",), n_train_per_class=8, n_ref_per_class=8, eval_epochs=(1, 3),
+    suites.SMOKE, name="rmini", backbones=("repa",), n_train_per_class=8, n_ref_per_class=8, eval_epochs=(3,),
     n_eval_samples=32, sample_batch_size=8, throughput_batch_sizes=(4,), linear_probe=False,
     overrides={"repa": {**o, "stage1_epochs": 1, "epochs": 3, "batch_size": 16, "stage1_batch_size": 16,
                         "sampler": dict(mode="sde", steps=4, guidance=1.8, guidance_interval=(0.0, 0.7))}})
@@ -94,7 +96,8 @@ def test_sigkill_at_every_stage_resumes_to_the_same_metrics(tmp_path):
             ref.kill()
             ref.wait()
     got, want = _values(out), _values(ref_out)
-    assert {k for k in want if k[1] == "fid"} == {("eval", "fid", 1), ("eval", "fid", 3)}
+    assert {k for k in want if k[1] == "fid"} == {("eval", "fid", 3)}
+    assert {k: v for k, v in got.items() if k[0] == "stage1"} == {k: v for k, v in want.items() if k[0] == "stage1"}
     assert got == want
 
 
