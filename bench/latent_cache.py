@@ -42,6 +42,7 @@ import torch
 from bench.data import CheckedItems, ImageSource, to_model_range
 from bench.errors import CorruptInputError, MissingInputError, OptionError
 from bench.progress import Progress, log
+from bench.store import atomic_write_bytes
 
 CACHE_VERSION = 1
 _LATENT_KEYS = ("mean", "std", "mean_flip", "std_flip")
@@ -139,9 +140,7 @@ def _barrier() -> None:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 # --- posterior -------------------------------------------------------------------------------------------------
@@ -328,13 +327,12 @@ def _extract_shard(source, tokenizer, features, k, start, count, d, with_images,
             out["images"].append(imgs.contiguous())
         prog.update(len(ys))
     tensors = {k_: torch.cat(v).contiguous() for k_, v in out.items()}
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = d / f"{_shard_name(k)}.safetensors"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # one metadata key only: safetensors writes several in hash-map order, which would change the checksum
-    save_file(tensors, str(tmp), metadata={"range": f"{start}:{start + count}"})
-    os.replace(tmp, path)
+    # one metadata key only: safetensors writes several in hash-map order, which would change the checksum;
+    # fsync'd atomic write: a full disk is one DiskFullError and leaves no torn shard (bench.store)
+    atomic_write_bytes(path, save(tensors, metadata={"range": f"{start}:{start + count}"}))
     m = tensors["mean"].double()
     dims = [0] + list(range(2, m.ndim))
     meta = {

@@ -65,6 +65,7 @@ DRIVER = """
 import os, sys, time
 sys.path.insert(0, os.path.join(os.environ["REPO"], "tests"))
 import torch
+torch.set_num_threads(1)  # bit for bit across processes
 from baselines.autoencoder import AETokenizer, AutoencoderKL, _dd
 from bench.data import ImageFolder
 from bench.latent_cache import build_latent_cache

@@ -130,6 +130,10 @@ def test_encoder_and_extractor_weight_loaders_refuse_code(tmp_path):
         DINOv2("dinov2-vit-s14", weights=bad)
     with pytest.raises(CorruptInputError, match=f"dinov2-vit-s14 weights {bad} cannot be loaded safely"):
         DINOv2Encoder("dinov2-vit-s14", weights=bad)
+    from bench.release import load_checkpoint_file
+
+    with pytest.raises(CorruptInputError, match=f"{bad}: not a loadable weights-only checkpoint"):
+        load_checkpoint_file(bad)  # released REPA / LightningDiT / TARFlow checkpoints
     vae = tmp_path / "sd-vae"
     vae.mkdir()
     (vae / "config.json").write_text("{}")
