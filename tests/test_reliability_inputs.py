@@ -170,7 +170,7 @@ def test_weights_for_the_wrong_architecture(world, capsys):
     from safetensors.torch import save_file
 
     wrong = world.root / "wrong.safetensors"  # a ViT of another width, plus a key of something else
-    save_file({"cls_token": torch.zeros(1, 1, 10), "blocks.0.norm1.weight": torch.zeros(5), "head.fc.weight": torch.zeros(2, 2)}, wrong)  # fmt: skip
+    save_file({"pos_embed": torch.zeros(1, 1 + 37 * 37, 384), "cls_token": torch.zeros(1, 1, 10), "blocks.0.norm1.weight": torch.zeros(5), "head.fc.weight": torch.zeros(2, 2)}, wrong)  # fmt: skip
     err = _bad_fid(capsys, world, world.samples, world.ref, "--weights", wrong, extractor="dinov2-vit-s14",
                    match=f"{wrong} does not fit VisionTransformer (wrong architecture or size?): missing", new=[wrong])  # fmt: skip
     assert (
