@@ -141,3 +141,11 @@ def test_paper_size_builds_without_weight_files(name):
     with torch.no_grad():
         flops = count_flops(lambda: bb.generator.loss(inputs["latents"], inputs["labels"], None)) / 2
     assert flops == pytest.approx(bb.generator.flops_per_image(), rel=0.02)
+
+
+def test_invoke_bench_dispatches_the_suite(tmp_path):
+    """`invoke bench --suite imagenet256-throughput` reaches this suite (bench/runner.py's hook)."""
+    from bench.runner import run_bench
+
+    with pytest.raises(OptionError, match="for imagenet256-throughput"):
+        run_bench("imagenet256-throughput", "sit", str(tmp_path), 0, "cpu")
