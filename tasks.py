@@ -88,15 +88,19 @@ def fid(c, samples, ref, extractor="inception-v3-compat", weights="", metrics=""
         "latency": "GPU latency",
         "json": "write results here",
         "compare": "baseline JSON to gate against",
+        "only": "comma list of op/case/dtype/kernel globs, e.g. 'swiglu/*'",
+        "dtypes": "latency: comma list of bf16,fp32 (default both)",
     }
 )
 @_user_errors
-def kernels(c, static=False, latency=False, json="", compare=""):
+def kernels(c, static=False, latency=False, json="", compare="", only="", dtypes=""):
     """Triton kernels: static cost gate (CPU) or latency against eager/compile and the roofline (GPU)."""
     from bench.kernels import main
 
     argv = (["--static"] if static else []) + (["--latency"] if latency else [])
     argv += (["--json", json] if json else []) + (["--compare", compare] if compare else [])
+    argv += [a for g in only.split(",") if g.strip() for a in ("--only", g.strip())]
+    argv += ["--dtypes", dtypes] if dtypes else []
     code = main(argv)
     if code:
         raise Exit(code=code)
