@@ -39,6 +39,19 @@ def _sources(root, ref):
     return data_sources(suites.IMAGENET256, imagenet=root, reference=ref, image_size=32)
 
 
+def test_missing_imagenet_folder_and_reference(imagenet, tmp_path):
+    from bench.errors import MissingInputError
+
+    root, ref = imagenet
+    before = _snapshot(tmp_path)
+    with pytest.raises(MissingInputError) as e:
+        _sources(tmp_path / "no-train", tmp_path / "no-ref.npz")
+    msg = str(e.value)  # one line per missing input, each naming its path
+    assert f"- ImageNet train folder: {tmp_path / 'no-train'} does not exist" in msg
+    assert f"- ADM reference batch: {tmp_path / 'no-ref.npz'} does not exist" in msg
+    assert _snapshot(tmp_path) == before
+
+
 def test_imagenet_folder_with_an_empty_class(imagenet, tmp_path):
     root, ref = imagenet
     (root / "n09999999").mkdir()

@@ -235,6 +235,17 @@ def test_unknown_preset(world, monkeypatch):
     assert "unknown REPA preset 'XXL/1'; known:" in _bench(monkeypatch, world, presets={"repa": "XXL/1"})
 
 
+@pytest.mark.skipif(
+    not hasattr(__import__("baselines.api").api, "FlowMatchingSampler"),
+    reason="typed sampler settings (issue 10) are not on this branch yet: a bad sampler is only found when sampling",
+)
+def test_unknown_sampler(world, monkeypatch):
+    msg = _bench(monkeypatch, world, overrides=_repa(sampler={"mode": "euler"}))
+    assert "sampler mode must be 'ode' or 'sde', got 'euler'" in msg
+    msg = _bench(monkeypatch, world, overrides=_repa(sampler={"solver": "dpm++"}))
+    assert "unknown flow-matching sampler option(s) solver; known: mode, steps" in msg
+
+
 def test_suite_override_naming_an_unknown_field(world, monkeypatch):
     msg = _bench(monkeypatch, world, overrides=_repa(learning_rate=1e-3))
     assert "unknown recipe field(s) ['learning_rate']; known: [" in msg

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.checkpoints import checkpoint_ok
 from bench.store import LOCK_NAME, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,32 +98,48 @@ def test_sigkill_at_every_stage_resumes_to_the_same_metrics(tmp_path):
             ref.wait()
     got, want = _values(out), _values(ref_out)
     assert {k for k in want if k[1] == "fid"} == {("eval", "fid", 3)}
-    assert {k: v for k, v in got.items() if k[0] == "stage1"} == {k: v for k, v in want.items() if k[0] == "stage1"}
+    assert {k: v for k, v in got.items() if k[0] == "stage1"} == {
+        k: v for k, v in want.items() if k[0] == "stage1"
+    }
     assert got == want
 
 
+def _count(out: Path, phase: str, epoch: int | None = None) -> int:
+    """Rows of `phase` (optionally of one epoch) in metrics.jsonl: how often that work was logged."""
+    rows = read_metrics(out / "rmini" / "r" / "metrics.jsonl")
+    return sum(r["phase"] == phase and (epoch is None or r["epoch"] == epoch) for r in rows)
+
+
 def _chain(out: Path, ref: subprocess.Popen) -> None:
+    # asserts read the store, not the trainer's log wording; the kill points match progress descriptions
     run_dir = out / "rmini" / "r"
 
     log1 = _kill_at(out, "stage 1 (tokenizer):0:1")
     assert "KILL-POINT [repa] stage 1 (tokenizer)" in log1
-    assert not list(run_dir.rglob("*.pt"))  # killed before any checkpoint
+    assert _count(out, "stage1") == 0 and _count(out, "train") == 0
 
     log2 = _kill_at(out, "stage 2 (generator):128:1")  # epoch 3 of 3 (64 images an epoch), checkpoint at 2
-    assert "taking over stale lock" in log2 and "[repa] epoch 2/3" in log2 and "[repa] epoch 3/3" not in log2
+    assert "taking over stale lock" in log2
+    assert _count(out, "train", 2) > 0 and _count(out, "train", 3) == 0
+    n_stage1, n_epoch1 = _count(out, "stage1"), _count(out, "train", 1)
 
-    stage1 = [p for p in run_dir.rglob("*.pt") if "stage2" not in p.name]
-    assert len(stage1) == 1
-    data = bytearray(stage1[0].read_bytes())
-    data[len(data) // 2] ^= 0xFF  # a flipped bit on disk: its checksum no longer matches
-    stage1[0].write_bytes(bytes(data))
+    stage1 = [p for p in run_dir.rglob("*.pt") if "_shared" in p.parts or p.name.startswith("stage1")]
+    assert stage1
+    for p in stage1:
+        data = bytearray(p.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # a flipped bit on disk: its checksum no longer matches
+        p.write_bytes(bytes(data))
+        assert not checkpoint_ok(p)
 
     log3 = _kill_at(out, "sample epoch 3:0:1")
-    assert "fails its checksum; training it again" in log3
-    assert "resumed after epoch 2" in log3 and "KILL-POINT [repa] sample epoch 3 8/32" in log3
+    assert "KILL-POINT [repa] sample epoch 3" in log3 and " 8/32" in log3
+    assert _count(out, "stage1") == 2 * n_stage1  # the corrupt tokenizer was trained again, not used
+    assert all(checkpoint_ok(p) for p in stage1)
+    assert _count(out, "train", 1) == n_epoch1  # the generator resumed from its checkpoint, not from scratch
 
     log4 = _kill_at(out, "features smoke:0:2")  # 1st: the reference set, 2nd: epoch 3's samples
-    assert "resumed after epoch 2" in log4 and "KILL-POINT features smoke 32/32" in log4
+    assert "KILL-POINT features smoke 32/32" in log4
+    assert _count(out, "stage1") == 2 * n_stage1 and _count(out, "train", 1) == n_epoch1
 
     last = _start(out)
     _, err = last.communicate(timeout=600)
