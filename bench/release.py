@@ -8,6 +8,7 @@ API:
         raises MissingInputError listing EVERY missing file with where to get it (before any loading)
     release_paths(backbone_names, weights_dir=None, releases=None) -> (paths, missing lines)  (no raise)
     IMAGENET256_RELEASES: the backbones with public ImageNet-256 class-conditional weights
+    load_tokenizer("sd-vae-ft-mse" | "sd-vae-ft-ema" | "vavae-f16d32", weights_dir=None) -> Tokenizer (frozen)
     RELEASES: backbone name -> release name -> Release (files relative to the weights dir, defaults)
     load_checkpoint_file(path) -> dict   (weights_only torch.load / safetensors; argparse.Namespace allowed,
         since REPA's train.py stores its args in the checkpoint)
@@ -272,30 +273,36 @@ def _repa(paths, preset, num_classes, image_size, **_):
                     notes={"guidance": "CFG on all channels, interval t <= 0.7 (t=1 noise)"})  # fmt: skip
 
 
+def _vavae_tokenizer(ckpt: Path, stats: Path, config: str):
+    """The released VA-VAE (strict) with its latents_stats.pt, frozen; no loss modules (not trained here)."""
+    from baselines.vavae import VAVAETokenizer
+
+    tok_sd = load_checkpoint_file(ckpt)
+    tok_sd = tok_sd.get("state_dict", tok_sd)
+    proj = tok_sd.get("linear_proj.weight")
+    vf_dim = int(proj.shape[0]) if proj is not None else 1024  # reverse_proj: latent -> foundation width
+    tokenizer = VAVAETokenizer(config, vf_dim, perceptual_weight=0.0)
+    try:
+        tokenizer.load_official(ckpt, stats)
+    except RuntimeError as e:  # load_state_dict(strict=True) mismatch
+        raise CorruptInputError(
+            f"{ckpt}: does not fit VA-VAE {config} (strict load): {str(e)[:400]}"
+        ) from None
+    tokenizer.trainable = False
+    return tokenizer.requires_grad_(False)
+
+
 def _vavae_lightningdit(
     paths, preset, num_classes, image_size, release="800ep", official_cfg_quirk=True, **_
 ):
     from baselines.lightningdit import LightningDiT_models
     from baselines.transport import FlowMatchingGenerator
-    from baselines.vavae import VAVAETokenizer
 
     mod = _registry_module("vavae_lightningdit")
     p = mod.PRESETS[preset]
     num_classes, image_size = num_classes or p["num_classes"], image_size or p["image_size"]
     recipe = mod.paper_recipe(release, official_cfg_quirk)
-    tok_sd = load_checkpoint_file(paths["tokenizer"])
-    tok_sd = tok_sd.get("state_dict", tok_sd)
-    proj = tok_sd.get("linear_proj.weight")
-    vf_dim = int(proj.shape[0]) if proj is not None else 1024  # reverse_proj: latent -> foundation width
-    tokenizer = VAVAETokenizer(p["vavae"], vf_dim, perceptual_weight=0.0)  # no loss modules: sampling only
-    try:
-        tokenizer.load_official(paths["tokenizer"], paths["stats"])
-    except RuntimeError as e:  # load_state_dict(strict=True) mismatch
-        raise CorruptInputError(
-            f"{paths['tokenizer']}: does not fit VA-VAE {p['vavae']} (strict load): {str(e)[:400]}"
-        ) from None
-    tokenizer.trainable = False
-    tokenizer.requires_grad_(False)
+    tokenizer = _vavae_tokenizer(paths["tokenizer"], paths["stats"], p["vavae"])
     c, h, w = tokenizer.latent_shape(image_size)
     net = LightningDiT_models[p["dit"]](input_size=h, in_channels=c, num_classes=num_classes)
     strict_load(net, ema_state_dict(load_checkpoint_file(paths["generator"])), paths["generator"],
@@ -336,3 +343,36 @@ def load_release(backbone_name: str, weights_dir: str | Path | None = None, *, r
     bb.tokenizer.to(device).eval()
     bb.generator.to(device).eval()
     return bb
+
+
+# --- released tokenizers alone (to train generators on their latents: the imagenet256 latent cache) ---------
+
+TOKENIZERS: dict[str, dict[str, ReleaseFile]] = {
+    "sd-vae-ft-mse": {"vae": _sd_vae("mse")},  # REPA trains on ft-MSE latents (train.py:176)
+    "sd-vae-ft-ema": {"vae": _sd_vae("ema")},
+    "vavae-f16d32": {"tokenizer": _VAVAE, "stats": _STATS},
+}
+
+
+def load_tokenizer(name: str, weights_dir: str | Path | None = None, *, config: str = "f16d32", device="cpu"):
+    """A released tokenizer from the weights directory, frozen and in eval mode: "sd-vae-ft-mse",
+    "sd-vae-ft-ema" (diffusers folders) or "vavae-f16d32" (+ latents_stats.pt). `config` is the VA-VAE
+    architecture (tests pass "tiny"). Missing files: one MissingInputError listing each."""
+    from baselines.autoencoder import SDVAETokenizer
+
+    if name not in TOKENIZERS:
+        raise OptionError(f"unknown released tokenizer {name!r}; known: {', '.join(TOKENIZERS)}")
+    root = weights_root(weights_dir)
+    paths = {role: root / f.path for role, f in TOKENIZERS[name].items()}
+    missing = [f"- {f.what}: {paths[r]} (not found; get it from {f.source})" for r, f in TOKENIZERS[name].items()
+               if not _file_ok(paths[r], f)]  # fmt: skip
+    if missing:
+        raise MissingInputError(
+            f"released tokenizer {name} missing under {root} ({WEIGHTS_ENV}):\n" + "\n".join(missing)
+        )
+    tok = (
+        SDVAETokenizer(paths["vae"])
+        if "vae" in paths
+        else _vavae_tokenizer(paths["tokenizer"], paths["stats"], config)
+    )
+    return tok.to(device).eval()

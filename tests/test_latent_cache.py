@@ -228,3 +228,36 @@ def test_feature_tokenizer_cache_keys_on_the_frozen_encoder_too(tmp_path):
     with torch.no_grad():
         next(bb.encoder.parameters()).add_(1.0)
     assert tokenizer_fingerprint(bb.tokenizer, bb.features) != key  # other features, other latents
+
+
+def test_extraction_stage_under_torchrun_then_reused(tmp_path, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    diffusers = pytest.importorskip("diffusers")
+    from bench.extract_latents import main
+
+    torch.manual_seed(0)
+    diffusers.AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                            up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32,
+                            layers_per_block=1, sample_size=32).save_pretrained(tmp_path / "w" / "sd-vae-ft-ema")  # fmt: skip
+    tree = make_imagenet_tree(tmp_path / "train")
+    args = ["--data", str(tree), "--tokenizer", "sd-vae-ft-ema", "--weights", str(tmp_path / "w"), "--cache",
+            str(tmp_path / "c"), "--image-size", "32", "--batch-size", "4", "--workers", "0", "--shard-size", "3",
+            "--device", "cpu"]  # fmt: skip
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "bench.extract_latents", *args], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    cache = LatentCache.open(p.stdout.strip().splitlines()[-1])
+    assert cache.n == 8 and len(cache.index["shards"]) == 3 and cache.verify() == []
+    assert "rank 1/2" in p.stderr  # both ranks extracted
+    assert main(args) == 0 and capsys.readouterr().out.strip() == str(cache.dir)  # one process: reused
+    assert main([*args[:4], "--weights", str(tmp_path / "nowhere"), *args[6:]]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: released tokenizer sd-vae-ft-ema missing")
+        and "huggingface.co/stabilityai" in err
+    )

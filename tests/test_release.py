@@ -164,3 +164,24 @@ def test_missing_files_are_listed_in_one_error(weights):
     with pytest.raises(MissingInputError, match="GENBENCH_WEIGHTS"):
         check_release_files("repa", None)
     assert set(RELEASES["vavae_lightningdit"]) == {"64ep", "800ep"}
+
+
+def test_released_tokenizers_alone(weights):
+    from baselines.vavae import VAVAE, VAVAE_CONFIGS
+    from bench.release import load_tokenizer
+
+    (weights / "vavae").mkdir(parents=True)
+    dd, e = VAVAE_CONFIGS["tiny"]
+    sd = _rand_state(VAVAE(dd, e, vf_feature_dim=16), 7)
+    torch.save({"state_dict": sd}, weights / "vavae" / "vavae-imagenet256-f16d32-dinov2.pt")
+    with pytest.raises(MissingInputError, match="latents_stats.pt"):
+        load_tokenizer("vavae-f16d32", weights, config="tiny")
+    torch.save(
+        {"mean": torch.zeros(1, 8, 1, 1), "std": torch.ones(1, 8, 1, 1)},
+        weights / "vavae" / "latents_stats.pt",
+    )
+    tok = load_tokenizer("vavae-f16d32", weights, config="tiny")
+    _assert_loaded(tok.ae, sd)
+    assert not tok.trainable and not any(p.requires_grad for p in tok.parameters())
+    _sd_vae_folder(weights / "sd-vae-ft-mse")
+    assert load_tokenizer("sd-vae-ft-mse", weights).latent_shape(32) == (4, 8, 8)
