@@ -38,6 +38,7 @@ does not fit the architecture fails the strict load with the first mismatched ke
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import pickle
@@ -239,6 +240,27 @@ def strict_load(module: torch.nn.Module, sd: dict[str, torch.Tensor], path: Path
     module.load_state_dict(sd, strict=True)
 
 
+def _sampler_with(settings, **changes):
+    """Sampler settings with some fields changed (None removes one): typed settings (`.replace`) or a dict."""
+    if hasattr(settings, "replace") and not isinstance(settings, dict):
+        return settings.replace(**changes)
+    out = dict(settings)
+    for k, v in changes.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+def _set_protocols(bb: Backbone, paper, common) -> Backbone:
+    """The evaluation protocols (Backbone.protocols, where the api has them): "paper" = the release's sampler
+    exactly, "common" = the setting shared by all families."""
+    if "protocols" in {f.name for f in dataclasses.fields(Backbone)}:
+        bb.protocols = {"paper": paper, "common": common}
+    return bb
+
+
 def _registry_module(name: str):
     if name not in BACKBONES:
         raise OptionError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
@@ -269,8 +291,9 @@ def _repa(paths, preset, num_classes, image_size, **_):
     gen = FlowMatchingGenerator(
         net, (c, h, w), num_classes, proj_coeff=0.5, label_drop=mod.PAPER_RECIPE.label_drop
     )
-    return Backbone(name="repa", family="repa_sit", tokenizer=tokenizer, generator=gen, recipe=mod.PAPER_RECIPE,
-                    notes={"guidance": "CFG on all channels, interval t <= 0.7 (t=1 noise)"})  # fmt: skip
+    bb = Backbone(name="repa", family="repa_sit", tokenizer=tokenizer, generator=gen, recipe=mod.PAPER_RECIPE,
+                  notes={"guidance": "CFG on all channels, interval t <= 0.7 (t=1 noise)"})  # fmt: skip
+    return _set_protocols(bb, mod.PAPER_RECIPE.sampler, mod.PAPER_RECIPE.sampler)  # REPA guides all channels
 
 
 def _vavae_tokenizer(ckpt: Path, stats: Path, config: str):
@@ -301,7 +324,11 @@ def _vavae_lightningdit(
     mod = _registry_module("vavae_lightningdit")
     p = mod.PRESETS[preset]
     num_classes, image_size = num_classes or p["num_classes"], image_size or p["image_size"]
-    recipe = mod.paper_recipe(release, official_cfg_quirk)
+    common = mod.paper_recipe(release, False).sampler  # CFG on every channel
+    paper = _sampler_with(common, guidance_channels=3)  # the release: CFG on latent channels 0-2 only
+    recipe = dataclasses.replace(
+        mod.paper_recipe(release, False), sampler=paper if official_cfg_quirk else common
+    )
     tokenizer = _vavae_tokenizer(paths["tokenizer"], paths["stats"], p["vavae"])
     c, h, w = tokenizer.latent_shape(image_size)
     net = LightningDiT_models[p["dit"]](input_size=h, in_channels=c, num_classes=num_classes)
@@ -309,9 +336,10 @@ def _vavae_lightningdit(
                 f"LightningDiT-{p['dit']}")  # fmt: skip
     gen = FlowMatchingGenerator(net, (c, h, w), num_classes, net_time="data_at_1", t_sampling="logit_normal",
                                 cos_loss_weight=1.0, label_drop=recipe.label_drop)  # fmt: skip
-    return Backbone(name="vavae_lightningdit", family="vavae_lightningdit", tokenizer=tokenizer, generator=gen,
-                    recipe=recipe, notes={"guidance": "official quirk: CFG on the first 3 latent channels only"
-                                          if official_cfg_quirk else "CFG on all latent channels"})  # fmt: skip
+    bb = Backbone(name="vavae_lightningdit", family="vavae_lightningdit", tokenizer=tokenizer, generator=gen,
+                  recipe=recipe, notes={"guidance": "official quirk: CFG on the first 3 latent channels only"
+                                        if official_cfg_quirk else "CFG on all latent channels"})  # fmt: skip
+    return _set_protocols(bb, paper, common)
 
 
 def _tarflow(paths, preset, num_classes, image_size, **_):
