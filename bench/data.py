@@ -269,14 +269,16 @@ class ImageFolder(ImageSource):
                 + ", ".join(bad[:5])
                 + (" ..." if len(bad) > 5 else "")
             )
-        self.files, self.labels = files, np.asarray(labels, dtype=np.int64)
+        # files: (path relative to root, class index) as torchvision's ImageFolder.samples; relpaths / labels
+        self.files = list(zip(files, labels))
+        self.relpaths, self.labels = files, np.asarray(labels, dtype=np.int64)
         self.num_classes, self.image_size = len(self.classes), image_size
 
     def __len__(self) -> int:
         return len(self.files)
 
     def path(self, i: int) -> Path:
-        return self.root / self.files[i]
+        return self.root / self.relpaths[i]
 
     def __getitem__(self, i: int):
         arr = center_crop_arr(load_image(self.path(i)), self.image_size)
@@ -292,7 +294,7 @@ class ImageFolder(ImageSource):
         """sha256 over (relative path, class) of every file: the file list, not the bytes, so a corrupt file
         replaced under the same name keeps the cache (and its finished shards) valid."""
         h = hashlib.sha256()
-        for f, y in zip(self.files, self.labels):
+        for f, y in zip(self.relpaths, self.labels):
             h.update(f"{f}\t{y}\n".encode())
         return h.hexdigest()
 

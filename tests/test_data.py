@@ -45,9 +45,10 @@ def test_class_index_is_sorted_synset_order_and_files_are_sorted(tree):
     ds = ImageFolder(tree, 256)
     assert ds.classes == SYNSETS and list(TREE) != SYNSETS  # written unsorted
     assert len(ds) == sum(len(v) for v in TREE.values())
-    for f, y in zip(ds.files, ds.labels):
+    for f, y in zip(ds.relpaths, ds.labels):
         assert f.split("/")[0] == SYNSETS[y]
-    per_class = [[f for f, y in zip(ds.files, ds.labels) if y == c] for c in range(3)]
+    per_class = [[f for f, y in zip(ds.relpaths, ds.labels) if y == c] for c in range(3)]
+    assert ds.files == list(zip(ds.relpaths, ds.labels.tolist()))  # torchvision's (path, class) samples
     assert all(p == sorted(p) for p in per_class)
     assert per_class[0][:2] == [
         "n01440764/n01440764_10.JPEG",
@@ -66,7 +67,7 @@ def test_every_file_becomes_rgb_and_cmyk_gray_png_decode(tree):
     for i in range(len(ds)):
         img, y = ds[i]
         assert img.dtype.is_floating_point is False and tuple(img.shape) == (64, 64, 3) and y == ds.labels[i]
-    gray = ds[ds.files.index("n02102040/n02102040_1.JPEG")][0].numpy()
+    gray = ds[ds.relpaths.index("n02102040/n02102040_1.JPEG")][0].numpy()
     assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
     cmyk_path = tree / "n01440764" / "n01440764_3.JPEG"
     with Image.open(cmyk_path) as im:
@@ -77,7 +78,7 @@ def test_every_file_becomes_rgb_and_cmyk_gray_png_decode(tree):
 @pytest.mark.parametrize("size", [256, 64])
 def test_center_crop_equals_adm_written_out(tree, size):
     ds = ImageFolder(tree, size)
-    for i, f in enumerate(ds.files):
+    for i, f in enumerate(ds.relpaths):
         with Image.open(tree / f) as im:
             expected = _adm_crop_written_out(im.convert("RGB"), size)
         got = ds[i][0].numpy()
@@ -113,7 +114,7 @@ def test_corrupt_empty_and_non_image_files_are_clear_errors(tmp_path):
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
     ds = ImageFolder(root, 64)
     with pytest.raises(CorruptInputError, match=r"n02102040_7\.JPEG: cannot decode image"):
-        ds[ds.files.index("n02102040/n02102040_7.JPEG")]
+        ds[ds.relpaths.index("n02102040/n02102040_7.JPEG")]
     (root / "n02102040" / "README.txt").write_text("not an image")
     with pytest.raises(CorruptInputError, match=r"without an image extension .*n02102040/README\.txt"):
         ImageFolder(root, 64)
