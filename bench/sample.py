@@ -19,11 +19,11 @@ the number of processes.
 Without out_dir (embedded suites) the images stay in memory; under torch.distributed each rank takes indices
 rank, rank + world, ... and all ranks receive all images. With out_dir (paper scale) shard k holds indices
 [k * shard_size, (k + 1) * shard_size) and rank r makes shards r, r + world, ...; each is an ADM npz
-(`samples_00000.npz`: arr_0 uint8 NHWC, arr_1 labels, and the non-finite mask as bench.metrics writes it)
-with a sidecar json (sha256, index range, seed, label mode, uint8 convention, sampler, n_nonfinite and the
+(`out_dir/shards/samples_00000.npz`: arr_0 uint8 NHWC, arr_1 labels, the non-finite mask as bench.metrics
+writes it) with a sidecar json (sha256, index range, seed, label mode, uint8 convention, sampler, n_nonfinite and the
 non-finite indices). A rerun keeps every shard whose checksum and settings match and makes only the rest; rank
-0 then merges the shards into `samples.npz` (what guided-diffusion's evaluations/evaluator.py reads) with its own
-sidecar `samples.json`.
+0 then merges the shards into `out_dir/samples.npz` (what guided-diffusion's evaluations/evaluator.py reads) with
+its own sidecar `samples.json`. Use one out_dir per evaluation (epoch, protocol).
 
 Non-finite samples (issue 13 item 6) are counted on the decoded images BEFORE any clamp or uint8 conversion and
 the count and per-sample mask travel with every shard and the merged file (bench.metrics refuses to score them).
@@ -253,11 +253,12 @@ def _generate_shards(backbone, n, num_classes, seed, image_size, label_mode, lat
                      out_dir, shard_size, desc, rank, world, sampler, return_images, convention) -> dict:  # fmt: skip
     from bench.metrics import merge_shards, read_npz
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # shards in a sub-folder: a scorer given out_dir (bench.metrics.sample_sources globs *.npz) sees only the merge
+    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     n_shards = math.ceil(n / shard_size)
     common = {"seed": int(seed), "labels": label_mode, "num_classes": int(num_classes), "image_size": int(image_size),
               "uint8": convention, "sampler": _jsonable(sampler), "n_total": int(n)}  # fmt: skip
-    paths = [out_dir / f"samples_{k:05d}.npz" for k in range(n_shards)]
+    paths = [out_dir / "shards" / f"samples_{k:05d}.npz" for k in range(n_shards)]
 
     def settings(k):
         start = k * shard_size
@@ -310,7 +311,7 @@ def _generate_shards(backbone, n, num_classes, seed, image_size, label_mode, lat
             nonfinite_index = [i for m in metas for i in m["nonfinite_index"]]
             _write_json(merged.with_suffix(".json"), {**common, "start": 0, "count": int(n), "sha256": _sha256(merged),
                         "n_nonfinite": len(nonfinite_index), "nonfinite_index": nonfinite_index,
-                        "shards": [p.name for p in paths], "shard_sha256": shard_sums})  # fmt: skip
+                        "shards": [f"shards/{p.name}" for p in paths], "shard_sha256": shard_sums})  # fmt: skip
     else:
         sums = [read_samples_meta(p)["sha256"] for p in paths]
         wait_on_files(

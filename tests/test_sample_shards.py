@@ -60,6 +60,9 @@ def test_shards_merge_resume_and_match_in_memory(tmp_path):
         bb, N, 4, SEED, 32, batch_size=3, out_dir=tmp_path, shard_size=4, return_images=True, **SAMPLER
     )
     assert [p.name for p in out["shards"]] == ["samples_00000.npz", "samples_00001.npz", "samples_00002.npz"]
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == [
+        "samples.npz"
+    ]  # a folder scorer sees the merge only
     merged = read_npz(out["path"])
     assert merged.n_images == N and np.array_equal(merged.labels, np.arange(N) % 4)
     assert (
