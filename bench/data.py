@@ -2,16 +2,18 @@
 
 API (what the trainer calls):
     data_sources(suite, *, image_size=None, imagenet=None, reference=None) -> DataSources
-    data_input_problems(suite, *, imagenet=None, reference=None) -> list[str]  (for one up-front error)
         .train      ImageSource  images the tokenizer and the generator train on
         .test       ImageSource | None  held-out real images (embedded suites; None for ImageNet)
         .reference  ImageSource | Path  real images to build FID statistics from (embedded), or the ADM
                     reference batch npz (imagenet256: $GENBENCH_ADM_REF, VIRTUAL_imagenet256_labeled.npz)
+        .kind ("embedded" | "imagenet"), .num_classes, .image_size
+    data_input_problems(suite, *, imagenet=None, reference=None) -> list[str]  (for one up-front error)
     ImageSource (a torch Dataset): len(src); src[i] -> (uint8 tensor [H, W, 3], int label);
         src.arrays(indices=None) -> (uint8 [N, H, W, 3], int64 [N]); src.num_classes; src.image_size;
         src.fingerprint() (identity of the file list / crops, for the latent cache key); src.crop_settings()
     EmbeddedImages(split, image_size, n_per_class, num_classes, seed=0)  photo crops, no download
-    ImageFolder(root, image_size=256)  ImageNet train layout, ADM center crop (CorruptInputError on a bad file)
+    ImageFolder(root, image_size=256)  ImageNet train layout, ADM center crop (CorruptInputError on a bad file);
+        .classes (sorted synsets), .files [(relative path, class)], .relpaths, .labels, .path(i)
     image_loader(source, batch_size, *, rank=0, world=1, seed=0, shuffle=True, num_workers=0, drop_last=True)
         -> (DataLoader of (uint8 [B, H, W, 3], int64 [B]), DistributedSampler): stage-1 training on images;
         a file that cannot be decoded stops the loop with CorruptInputError naming it (not a worker traceback)
