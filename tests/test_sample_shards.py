@@ -69,7 +69,14 @@ def test_shards_merge_resume_and_match_in_memory(tmp_path):
         np.abs(merged.images().astype(int) - mem["images"].astype(int)).max() <= 1
     )  # batch-size rounding only
     meta = read_samples_meta(out["path"])
-    assert meta["labels"] == "equal" and meta["uint8"] and meta["n_nonfinite"] == 0 and meta["seed"] == SEED
+    assert meta["labels"] == "equal" and meta["n_nonfinite"] == 0 and meta["seed"] == SEED
+    assert meta["uint8"] == out["uint8"] == "adm-truncate"  # bench.metrics' default: ADM's truncation
+    assert (
+        merged.uint8_convention == "adm-truncate"
+        and read_npz(out["shards"][0]).uint8_convention == "adm-truncate"
+    )
+    rounded = generate(bb, 4, 4, SEED, 32, batch_size=4, uint8="round", **SAMPLER)
+    assert rounded["uint8"] == "round" and (rounded["images"].astype(int) - mem["images"][:4]).max() <= 1
     for k, p in enumerate(out["shards"]):
         m = read_samples_meta(p)
         assert (m["start"], m["count"]) == (4 * k, min(4, N - 4 * k)) and len(m["sha256"]) == 64
