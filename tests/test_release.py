@@ -140,10 +140,10 @@ def test_lightningdit_and_vavae_release_files(weights, ep):
 
 
 def test_tarflow_afhq_flat_state_dict(weights):
-    from baselines.tarflow import build_model
+    from baselines.api import build_backbone
 
     (weights / "tarflow").mkdir(parents=True)
-    model = build_model("tiny", num_classes=4)
+    model = build_backbone("tarflow", "tiny", num_classes=4).generator.model  # the official Model's layout
     sd = _rand_state(model, 6)
     torch.save(sd, weights / "tarflow" / "afhq_model_8_768_8_8_0.07.pth")  # ml-tarflow train.py:144
     bb = load_release("tarflow", weights, preset="tiny", num_classes=4)
