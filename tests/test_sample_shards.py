@@ -20,10 +20,10 @@ N, SEED, SAMPLER = 10, 11, dict(mode="ode", steps=2)
 
 
 def _backbone():
-    from baselines.repa import build_backbone
+    from baselines.api import build_backbone
 
     torch.manual_seed(0)
-    return build_backbone("tiny", num_classes=4, image_size=32)
+    return build_backbone("repa", "tiny", num_classes=4, image_size=32)
 
 
 @dataclasses.dataclass
