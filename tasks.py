@@ -106,17 +106,18 @@ def kernels(c, static=False, latency=False, json="", compare="", only="", dtypes
         raise Exit(code=code)
 
 
-@task(help={"cases": "golden case directories (default: ../shared/golden/*)"})
+@task(help={"cases": "golden case directories (default: every case under $GENBENCH_GOLDEN or ../shared/golden)"})
 @_user_errors
 def parity(c, cases=""):
     """Run parity against the official implementations' golden data."""
-    import glob
+    from baselines.parity import golden_cases, main
 
-    from baselines.parity import main
-
-    paths = shlex.split(cases) if cases else sorted(glob.glob("../shared/golden/*/"))
+    paths = shlex.split(cases) if cases else [str(p) for p in golden_cases()]
     if not paths:
-        raise Exit("error: no golden cases found (pass --cases or place them at ../shared/golden)", code=2)
+        raise Exit(
+            "error: no golden cases found (pass --cases, set GENBENCH_GOLDEN or place them at ../shared/golden)",
+            code=2,
+        )
     code = main(paths)
     if code:
         raise Exit(code=code)

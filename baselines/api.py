@@ -229,11 +229,11 @@ class Backbone:
 # The one registry: backbone name -> "module:function". The function takes (preset: str, **options) and
 # returns a Backbone. Import is lazy so a broken family cannot break the others' import.
 BACKBONES: dict[str, str] = {
-    "repa": "baselines.repa:build_backbone",
-    "vavae_lightningdit": "baselines.vavae:build_backbone",
-    "fae": "baselines.fae:build_backbone",
-    "starflow": "baselines.starflow:build_backbone",
-    "tarflow": "baselines.tarflow:build_backbone",
+    "repa": "baselines.backbones.repa:build_backbone",
+    "vavae_lightningdit": "baselines.backbones.vavae_lightningdit:build_backbone",
+    "fae": "baselines.backbones.fae:build_backbone",
+    "starflow": "baselines.backbones.starflow:build_backbone",
+    "tarflow": "baselines.backbones.tarflow:build_backbone",
 }
 
 

@@ -63,73 +63,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from baselines import ops
-from baselines.api import Backbone, OptionError, Recipe, Tokenizer
-from baselines.layers import get_2d_sincos_pos_embed, unpatchify
+from baselines.api import OptionError, Tokenizer
+from baselines.layers import Attention, Mlp, SwiGLUFFN, axial_rope_2d, get_2d_sincos_pos_embed, unpatchify
 
 # --- primitives -------------------------------------------------------------------------------------------
 
 
 def rope_2d(head_dim: int, grid: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Axial 2D RoPE tables (EVA / LightningDiT style): the first half of each head rotates with the token's row,
-    the second half with its column; pairs are interleaved. Returns cos, sin [grid*grid, head_dim]."""
-    if head_dim % 4:
-        raise ValueError(f"2D RoPE needs head_dim divisible by 4, got {head_dim}")
-    d = head_dim // 2
-    freqs = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)  # [d/2]
-    f = torch.outer(torch.arange(grid, dtype=torch.float64), freqs).repeat_interleave(2, -1)  # [grid, d]
-    rows = f[:, None, :].expand(grid, grid, d)
-    cols = f[None, :, :].expand(grid, grid, d)
-    ang = torch.cat([rows, cols], -1).reshape(grid * grid, head_dim)
-    return ang.cos().float(), ang.sin().float()
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with an inner width heads * head_dim that may differ from the model width."""
-
-    def __init__(self, dim: int, num_heads: int, head_dim: int, qkv_bias: bool = True):
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, head_dim
-        self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias)
-        self.proj = nn.Linear(num_heads * head_dim, dim)
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        b, t, _ = x.shape  # [B, T, D]
-        qkv = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # [B, H, T, d] each
-        if rope is not None:
-            cos, sin = (r.to(q.dtype) for r in rope)
-            q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v)  # [B, H, T, d]
-        return self.proj(o.transpose(1, 2).reshape(b, t, -1))  # [B, T, D]
-
-
-class SwiGLU(nn.Module):
-    """LightningDiT's SwiGLU FFN: w12 -> SiLU(a) * b -> w3, hidden = int(2/3 * mlp_ratio * dim)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.w12 = nn.Linear(dim, 2 * hidden)
-        self.w3 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w3(ops.swiglu(self.w12(x)))
-
-
-class Mlp(nn.Module):
-    """timm ViT MLP: fc1 -> GELU -> fc2."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    """FAE's axial 2D RoPE tables (EVA / LightningDiT layout), computed in float64 on integer positions."""
+    return axial_rope_2d(head_dim, grid, theta, torch.float64, scaled=False)
 
 
 class Block(nn.Module):
@@ -141,13 +85,13 @@ class Block(nn.Module):
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         if kind == "rms_swiglu":
             self.norm1, self.norm2 = nn.RMSNorm(dim, eps=1e-6), nn.RMSNorm(dim, eps=1e-6)
-            self.mlp = SwiGLU(dim, int(2 / 3 * mlp_ratio * dim))
+            self.mlp = SwiGLUFFN(dim, int(2 / 3 * mlp_ratio * dim))
         elif kind == "ln_gelu":
             self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-            self.mlp = Mlp(dim, int(mlp_ratio * dim))
+            self.mlp = Mlp(dim, int(mlp_ratio * dim), approximate="none")  # timm ViT: exact GELU
         else:
             raise ValueError(f"unknown block kind {kind!r}")
-        self.attn = Attention(dim, num_heads, dim // num_heads)
+        self.attn = Attention(dim, num_heads, dim // num_heads, cast_rope=True)
 
     def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:  # [B, T, D] -> [B, T, D]
         x = x + self.attn(self.norm1(x), rope)
@@ -180,7 +124,7 @@ class FeatureEncoder(nn.Module):
     def __init__(self, feature_dim: int, latent_dim: int, num_heads: int, head_dim: int):
         super().__init__()
         self.norm = nn.RMSNorm(feature_dim, eps=1e-6)
-        self.attn = Attention(feature_dim, num_heads, head_dim)
+        self.attn = Attention(feature_dim, num_heads, head_dim, cast_rope=True)
         self.proj = nn.Linear(feature_dim, 2 * latent_dim)
         _init_linears(self)
 
@@ -441,145 +385,3 @@ _TINY = FAEConfig(
     disc_layers=2, aux_batch=16,
 )  # fmt: skip
 FAE_configs: dict[str, FAEConfig] = {"paper": FAEConfig(), "tiny": _TINY}
-
-# --- generator and backbone -------------------------------------------------------------------------------
-
-GUIDANCE_SCHEDULE = ((0.9, 1.0, 0.9), (0.0, 0.7, 2.5))  # (t_lo, t_hi, scale), t = 1 noise; 1.0 elsewhere
-PAPER_TIMESTEP_SHIFT = 0.4  # LightningDiT form (t = 0 noise); = shift_time 1 / 0.4 with t = 1 noise
-
-PAPER_RECIPE = Recipe(
-    lr=1e-4,
-    betas=(0.9, 0.999),
-    weight_decay=0.0,
-    batch_size=512,
-    epochs=800,
-    lr_schedule="constant",
-    ema_decay=0.9999,
-    grad_clip=None,
-    label_drop=0.1,
-    mixed_precision="bf16",
-    sampler=dict(
-        mode="ode", steps=250, guidance_schedule=GUIDANCE_SCHEDULE, time_shift=1 / PAPER_TIMESTEP_SHIFT
-    ),
-    stage1_epochs=16,
-    stage1_lr=1e-4,
-    stage1_batch_size=1024,
-    stage1_betas=(0.9, 0.999),
-    source="arXiv 2512.07829 (FAE): generator batch 512, constant lr 1e-4, 2M iterations ~ 800 epochs; ODE Euler 250 "
-    "steps, CFG 0.9 on t in [0.9, 1] and 2.5 on t in [0, 0.7], time shift 0.4; encoder + feature decoder batch 1024, "
-    "AdamW (0.9, 0.999), lr 1e-4. Ours (paper silent): EMA 0.9999, no grad clip, bf16, stage-1 epochs 16, constant "
-    "stage-1 lr (the paper's cosine + 1000 warmup steps has no Recipe field)",
-)
-SDE_SAMPLER = dict(
-    mode="sde", steps=250, guidance=1.0, time_shift=1 / PAPER_TIMESTEP_SHIFT
-)  # no-CFG alternative
-
-TINY_RECIPE = PAPER_RECIPE.replace(
-    lr=5e-4, batch_size=64, epochs=40, ema_decay=0.999, mixed_precision="no",
-    sampler=dict(steps=50), stage1_epochs=40, stage1_lr=1e-3, stage1_batch_size=64,
-    source="tiny CPU preset (ours); sampler structure as the paper's",
-)  # fmt: skip
-
-GENERATORS = {
-    # LightningDiT-XL/1 (VA-VAE release settings: SwiGLU, RoPE, RMSNorm, no qk-norm), patch 1 on 16x16x32
-    "paper": dict(hidden_size=1152, depth=28, num_heads=16, mlp_ratio=4.0),
-    "tiny": dict(hidden_size=128, depth=4, num_heads=4, mlp_ratio=4.0),
-}
-
-
-def _generator_net(
-    arch: str, size: dict, latent_shape: tuple[int, int, int], num_classes: int, label_drop: float
-):
-    c, h, _ = latent_shape
-    if arch == "lightningdit":
-        from baselines.lightningdit import LightningDiT
-
-        net = LightningDiT(input_size=h, patch_size=1, in_channels=c, class_dropout_prob=label_drop, num_classes=num_classes,
-                           learn_sigma=False, use_qknorm=False, use_swiglu=True, use_rope=True, use_rmsnorm=True,
-                           wo_shift=False, **size)  # fmt: skip
-        return net, "data_at_1"
-    if arch == "sit":
-        from baselines.sit import SiT
-
-        net = SiT(input_size=h, patch_size=1, in_channels=c, num_classes=num_classes, class_dropout_prob=label_drop,
-                  hidden_size=size["hidden_size"], decoder_hidden_size=size["hidden_size"], depth=size["depth"],
-                  num_heads=size["num_heads"], mlp_ratio=size["mlp_ratio"], encoder_depth=1, z_dims=(8,), projector_dim=16)  # fmt: skip
-        return net, "noise_at_1"
-    raise ValueError(f"unknown FAE generator {arch!r}; expected 'lightningdit' or 'sit'")
-
-
-def build_backbone(
-    preset: str = "tiny",
-    *,
-    num_classes: int | None = None,
-    image_size: int | None = None,
-    latent_dim: int | None = None,
-    encoder_weights: str | None = None,
-    generator: str = "lightningdit",
-    device: str | None = None,
-    **options: Any,
-) -> Backbone:
-    """FAE + flow-matching generator. preset "paper" (DINOv2-g/14, LightningDiT-XL/1, ImageNet 256) or "tiny"
-    (stand-in encoder, 32 px, 8 classes). options: FAEConfig fields (None values are ignored). generator:
-    "lightningdit" (LightningDiT-XL/1 at paper size) or "sit" (SiT-XL/1, the paper's other generator; REPA's
-    class, its projector unused). device="meta" builds shapes only (no encoder is built then)."""
-    from baselines.encoders import build_encoder
-    from baselines.transport import FlowMatchingGenerator
-
-    overrides = {k: v for k, v in options.items() if v is not None}
-    if latent_dim is not None:
-        overrides["latent_dim"] = latent_dim
-    cfg = FAEConfig.from_preset(preset, **overrides)
-    if image_size is not None and image_size != cfg.image_size:
-        # paper: DINOv2 always sees 224 px (16x16 tokens), so the pixel patch grows with the image; tiny: the
-        # stand-in's token grid follows the image at a fixed patch (f8)
-        fixed = cfg.grid if preset == "paper" else cfg.patch_size
-        if image_size % fixed:
-            raise ValueError(f"FAE {preset}: image_size {image_size} is not a multiple of {fixed}")
-        key = "patch_size" if preset == "paper" else "grid"
-        cfg = dataclasses.replace(cfg, **{key: image_size // fixed})
-    num_classes = num_classes or (8 if preset == "tiny" else 1000)
-    recipe = TINY_RECIPE if preset == "tiny" else PAPER_RECIPE
-    if device == "meta":
-        encoder, enc_name = None, "none (meta build)"
-    elif preset == "tiny":
-        encoder, enc_name = build_encoder("standin", dim=cfg.feature_dim, grid=cfg.grid), "standin"
-    else:  # first, so a missing weights file fails before the 0.5B-parameter tokenizer is built
-        encoder, enc_name = build_encoder("dinov2-vit-g14", weights=encoder_weights), "dinov2-vit-g14"
-    with torch.device(device or "cpu"):
-        tokenizer = FAETokenizer(cfg)
-        latent = tokenizer.latent_shape(cfg.image_size)
-        net, net_time = _generator_net(generator, GENERATORS[preset], latent, num_classes, recipe.label_drop)
-    gen = FlowMatchingGenerator(
-        net, latent, num_classes, net_time=net_time, loss_weight="sigma", label_drop=recipe.label_drop
-    )
-    perceptual = (
-        "none"
-        if cfg.perceptual_weight <= 0
-        else ("random-features" if device == "meta" else tokenizer.perceptual_loss().kind)
-    )
-    notes = {
-        "encoder": enc_name,
-        "latent": f"{latent[1]}x{latent[2]}x{latent[0]}",
-        "generator": f"{generator} patch 1, linear interpolant, v-prediction, loss weight sigma_t = t",
-        "guidance": "ODE Euler 250: CFG 0.9 on t in [0.9,1], 2.5 on t in [0,0.7], 1 elsewhere (t=1 noise), all channels",
-        "time_shift": f"paper {PAPER_TIMESTEP_SHIFT} read as LightningDiT's (t=0 noise) = shift_time {1 / PAPER_TIMESTEP_SHIFT:g} (t=1 noise)",
-        "sampler_alternative": "SDE Euler-Maruyama 250 steps, no CFG, same shift (fae.SDE_SAMPLER)",
-        "perceptual": perceptual,
-        "gan": f"PatchGAN hinge, weight {cfg.disc_weight} x adaptive, from {cfg.disc_start:.0%} of stage 1"
-        if cfg.disc_weight > 0
-        else "off",
-        "stage1": f"steps < {cfg.stage_split:.0%}: enc + feature dec (L2 + {cfg.kl_weight:g} KL) and pixel dec on features + "
-        f"N(0, {cfg.pixel_noise_sigma}^2); rest: pixel dec on feature-decoder outputs",
-        "open_choices": "no position table in the encoder; per-element-mean losses; beta=kl_weight ours; L1 pixel loss; "
-        "posterior samples feed the decoders; see baselines/fae.py docstring",
-    }
-    return Backbone(
-        name="fae",
-        family="fae",
-        tokenizer=tokenizer,
-        generator=gen,
-        recipe=recipe,
-        encoder=encoder,
-        notes=notes,
-    )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines import starflow, tarflow
+from baselines.backbones.starflow import StarFlowGenerator
+from baselines.backbones.tarflow import TarFlowGenerator
+from baselines.parity import golden_root, load_case
 
 PUBLISHED_SIZES = {("starflow", "1.4B"): 1.4e9, ("starflow", "3.8B"): 3.86e9}  # PAPERS.md / arXiv 2506.06276
 
@@ -44,8 +46,8 @@ def preset_sizes() -> list[dict[str, Any]]:
     """Parameter counts of every STARFlow and TARFlow preset, built on the meta device (no memory, no init)."""
     rows = []
     with torch.device("meta"):
-        for name, spec in starflow.STARFLOW_PRESETS.items():
-            m = starflow.StarFlow(**spec["model"])
+        for name, cfg in starflow.StarFlow_configs.items():
+            m = starflow.StarFlow(**cfg)
             total, deep = count_parameters(m), count_parameters(m.blocks[-1])
             rows.append(
                 {
@@ -56,12 +58,12 @@ def preset_sizes() -> list[dict[str, Any]]:
                     "shallow_blocks": total - deep,
                 }
             )
-        for name, spec in tarflow.TARFLOW_PRESETS.items():
+        for name, cfg in tarflow.TarFlow_configs.items():
             rows.append(
                 {
                     "family": "tarflow",
                     "preset": name,
-                    "params": count_parameters(tarflow.TarFlow(**spec["model"])),
+                    "params": count_parameters(tarflow.TarFlow(**cfg)),
                 }
             )
     return rows
@@ -84,23 +86,9 @@ def _cmd_sizes(args) -> int:
 # --- Jacobi benchmark ------------------------------------------------------------------------------------------
 
 
-def golden_root() -> Path | None:
-    """$GENBENCH_GOLDEN, else ../shared/golden beside the checkout (the tests' rule; the data is never copied in)."""
-    env = os.environ.get("GENBENCH_GOLDEN")
-    for cand in ([Path(env)] if env else []) + [Path(__file__).resolve().parents[2] / "shared" / "golden"]:
-        if cand.is_dir():
-            return cand
-    return None
-
-
 def load_golden(case_dir: Path):
-    from safetensors.torch import load_file
-
-    config = json.loads((case_dir / "config.json").read_text())
-    module = {"normalizing_flow/starflow": starflow, "normalizing_flow/tarflow": tarflow}[config["family"]]
-    model = module.parity_model(config["kwargs"])
-    model.load_state_dict(load_file(str(case_dir / "weights.safetensors")), strict=True)
-    return config, model.eval(), load_file(str(case_dir / "io.safetensors"))
+    case, model = load_case(case_dir)
+    return case.config, model, case.io
 
 
 def _cost(model, stats) -> tuple[int, float]:
@@ -192,7 +180,7 @@ def _cmd_jacobi_bench(args) -> int:
     x, y = _embedded()
     if args.train_steps > 0:
         tf_gen, tf_loss = train_briefly(
-            tarflow.TarFlowGenerator(tarflow.build_model("tiny"), 0.05), x, y, args.train_steps
+            TarFlowGenerator(tarflow.TarFlow_models["tiny"](), 0.05), x, y, args.train_steps
         )
         zt = tf_gen.model.patchify(torch.randn(B, 3, 32, 32, generator=g))
         key = f"tiny tarflow, {args.train_steps} steps (loss {tf_loss:.3f}), B={B}"
@@ -201,14 +189,14 @@ def _cmd_jacobi_bench(args) -> int:
             tf_gen.model, zt, labels, 1.0, repeats=args.repeats, **jac
         )
     if args.starflow_checkpoint:
-        sf_gen = starflow.StarFlowGenerator(starflow.build_model("tiny"), K)
+        sf_gen = StarFlowGenerator(starflow.StarFlow_models["tiny"](), K)
         state = torch.load(args.starflow_checkpoint, map_location="cpu", weights_only=True)
         sf_gen.load_state_dict(state.get("ema", state), strict=True)
         what, shape = f"checkpoint {Path(args.starflow_checkpoint).name}", (4, 8, 8)
     elif args.train_steps > 0:
         lat = F.avg_pool2d(x, 4)  # stand-in latent: 8x8x3 pooled pixels, standardised
         lat = (lat - lat.mean((0, 2, 3), keepdim=True)) / lat.std((0, 2, 3), keepdim=True)
-        sf_gen = starflow.StarFlowGenerator(starflow.build_model("tiny", in_channels=3), K)
+        sf_gen = StarFlowGenerator(starflow.StarFlow_models["tiny"](in_channels=3), K)
         sf_gen, sf_loss = train_briefly(sf_gen, lat, y, args.train_steps)
         what, shape = f"{args.train_steps} steps on 8x8x3 pooled pixels (loss {sf_loss:.3f})", (3, 8, 8)
     else:

@@ -21,110 +21,46 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from baselines import ops
-from baselines.layers import LabelEmbedder, TimestepEmbedder, initialize_dit_weights, unpatchify
+from baselines.layers import (
+    Attention,
+    LabelEmbedder,
+    Mlp,
+    PatchEmbed,
+    RMSNorm,
+    SwiGLUFFN,
+    TimestepEmbedder,
+    axial_rope_2d,
+    initialize_dit_weights,
+    unpatchify,
+)
 
 # --- primitives -------------------------------------------------------------------------------------------
 
 
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight (LLaMA form, computed in float32)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
-
-
-class PatchEmbed(nn.Module):
-    """timm PatchEmbed: conv with kernel = stride = patch, tokens in row-major order. Key `proj`."""
-
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
-        super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"input_size {img_size} is not divisible by patch_size {patch_size}")
-        self.patch_size = (patch_size, patch_size)
-        self.grid_size = img_size // patch_size
-        self.num_patches = self.grid_size**2
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # [B,C,H,W] -> [B,T,D]
-
-
 class VisionRotaryEmbeddingFast(nn.Module):
-    """EVA-02 2D RoPE with dim = head_dim / 2 per axis: buffers freqs_cos/freqs_sin [T, head_dim]. Each base
-    frequency is repeated twice (interleaved pairs); the first half of a head's dims rotates with the ROW index,
-    the second half with the COLUMN index (the opposite order of the sin-cos table)."""
+    """EVA-02 2D RoPE with dim = head_dim / 2 per axis: buffers freqs_cos/freqs_sin [T, head_dim] (official keys).
+    Each base frequency is repeated twice (interleaved pairs); the first half of a head's dims rotates with the ROW
+    index, the second half with the COLUMN index (the opposite order of the sin-cos table)."""
 
     def __init__(self, dim: int, pt_seq_len: int, theta: float = 10000.0):
         super().__init__()
-        freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))  # [dim/2]
-        t = torch.arange(pt_seq_len) / pt_seq_len * pt_seq_len  # official form (ft_seq_len = pt_seq_len)
-        freqs = torch.einsum("i,f->if", t, freqs).repeat_interleave(2, dim=-1)  # [L, dim]
-        n = pt_seq_len
-        grid = torch.cat([freqs[:, None, :].expand(n, n, -1), freqs[None, :, :].expand(n, n, -1)], dim=-1)
-        grid = grid.reshape(n * n, -1)  # [L*L, 2*dim], row-major tokens
-        self.register_buffer("freqs_cos", grid.cos())
-        self.register_buffer("freqs_sin", grid.sin())
+        cos, sin = axial_rope_2d(2 * dim, pt_seq_len, theta)  # official index form i / L * L, float32
+        self.register_buffer("freqs_cos", cos)
+        self.register_buffer("freqs_sin", sin)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B,H,T,d]
-        return ops.rope(x, self.freqs_cos, self.freqs_sin)
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.freqs_cos, self.freqs_sin
 
 
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, use_rmsnorm: bool = False):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"hidden_size {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
-        norm = (lambda: RMSNorm(self.head_dim)) if use_rmsnorm else (lambda: nn.LayerNorm(self.head_dim))
-        self.q_norm = norm() if qk_norm else nn.Identity()
-        self.k_norm = norm() if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, rope: VisionRotaryEmbeddingFast | None = None) -> torch.Tensor:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # [B,H,T,d] each
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = rope(q), rope(k)
-        x = F.scaled_dot_product_attention(q, k, v)  # scale head_dim^-1/2
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class SwiGLUFFN(nn.Module):
-    """w3(SiLU(a) * b) with [a, b] = w12(x) (keys `w12`, `w3`)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.w12 = nn.Linear(dim, 2 * hidden)
-        self.w3 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w3(ops.swiglu(self.w12(x)))
-
-
-class Mlp(nn.Module):
-    """timm Mlp with tanh-GELU (keys `fc1`, `fc2`), used when use_swiglu is False."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+def _attention(dim: int, num_heads: int, qk_norm: bool, use_rmsnorm: bool) -> Attention:
+    if dim % num_heads:
+        raise ValueError(f"hidden_size {dim} is not divisible by num_heads {num_heads}")
+    norm = RMSNorm if use_rmsnorm else nn.LayerNorm  # official q/k norms (LayerNorm with torch's eps 1e-5)
+    return Attention(dim, num_heads, qk_norm=norm if qk_norm else None)
 
 
 def _layernorm(dim: int) -> nn.LayerNorm:
@@ -149,7 +85,7 @@ class LightningDiTBlock(nn.Module):
         super().__init__()
         self.norm1 = RMSNorm(hidden_size) if use_rmsnorm else _layernorm(hidden_size)
         self.norm2 = RMSNorm(hidden_size) if use_rmsnorm else _layernorm(hidden_size)
-        self.attn = Attention(hidden_size, num_heads, qk_norm=use_qknorm, use_rmsnorm=use_rmsnorm)
+        self.attn = _attention(hidden_size, num_heads, use_qknorm, use_rmsnorm)
         mlp_hidden = int(hidden_size * mlp_ratio)
         self.mlp = (
             SwiGLUFFN(hidden_size, int(2 / 3 * mlp_hidden)) if use_swiglu else Mlp(hidden_size, mlp_hidden)
@@ -236,11 +172,12 @@ class LightningDiT(nn.Module):
         -> velocity x_data - noise [B,C,H,W]."""
         x = self.x_embedder(x) + self.pos_embed  # [B,T,D]
         c = self.t_embedder(t) + self.y_embedder(y)  # [B,D]
+        rope = self.feat_rope.tables() if self.feat_rope is not None else None
         for block in self.blocks:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, c, self.feat_rope, use_reentrant=False)
+                x = checkpoint(block, x, c, rope, use_reentrant=False)
             else:
-                x = block(x, c, self.feat_rope)
+                x = block(x, c, rope)
         x = self.final_layer(x, c)  # [B,T,p*p*out]
         x = unpatchify(x, self.patch_size, self.out_channels)  # [B,out,H,W]
         if self.learn_sigma:
@@ -302,33 +239,4 @@ LightningDiT_models = {
     "XL/1": _preset(28, 1152, 1, 16),
     "XL/2": _preset(28, 1152, 2, 16),
     "tiny": _preset(4, 128, 1, 4, input_size=8, in_channels=8),  # CPU suites: 8x8 latents, head_dim 32
-}
-
-
-# --- parity (python -m baselines.parity) ------------------------------------------------------------------
-
-
-def parity_model(kwargs: dict[str, Any]) -> LightningDiT:
-    return LightningDiT(**kwargs)
-
-
-def _forward(model, io, call, config):
-    x, t, y = (io[k] for k in call["inputs"][:3])
-    with torch.no_grad():
-        return {call["outputs"][0]: model(x, t, y)}
-
-
-def _forward_with_cfg(model, io, call, config):
-    x, t, y = (io[k] for k in call["inputs"][:3])
-    args = call.get("scalar_args", {})
-    with torch.no_grad():
-        out = official_forward_with_cfg(model, x, t, y, float(args["cfg_scale"]), bool(args.get("cfg_interval", False)),
-                                        float(args.get("cfg_interval_start", 0.0)))  # fmt: skip
-    return {call["outputs"][0]: out}
-
-
-PARITY_CALLS = {
-    "forward": _forward,
-    "forward_with_cfg": _forward_with_cfg,
-    "forward_with_cfg_below_interval": _forward_with_cfg,
 }

@@ -12,47 +12,22 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from baselines import ops
-from baselines.layers import LabelEmbedder, TimestepEmbedder, initialize_dit_weights, unpatchify
+from baselines.layers import (
+    Attention,
+    LabelEmbedder,
+    Mlp,
+    PatchEmbed,
+    TimestepEmbedder,
+    initialize_dit_weights,
+    unpatchify,
+)
 
 
-class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, T, D], tokens row-major
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False):
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, T, D]
-        b, t, d = x.shape
-        q, k, v = (
-            self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        )  # 3 x [B, H, T, hd]
-        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
-        return self.proj(x.transpose(1, 2).reshape(b, t, d))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+def _qk_layernorm(head_dim: int) -> nn.LayerNorm:
+    return nn.LayerNorm(head_dim, eps=1e-6)
 
 
 class SiTBlock(nn.Module):
@@ -63,7 +38,7 @@ class SiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(
             hidden_size, elementwise_affine=False, eps=1e-6
         )  # kept for the official layout
-        self.attn = Attention(hidden_size, num_heads, qk_norm)
+        self.attn = Attention(hidden_size, num_heads, qk_norm=_qk_layernorm if qk_norm else None)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
@@ -131,7 +106,7 @@ class SiT(nn.Module):
         self.in_channels = self.out_channels = in_channels
         self.patch_size, self.num_heads, self.encoder_depth = patch_size, num_heads, encoder_depth
         self.input_size, self.num_classes, self.hidden_size = input_size, num_classes, hidden_size
-        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+        self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         num_patches = (input_size // patch_size) ** 2

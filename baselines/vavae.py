@@ -1,5 +1,5 @@
 """VA-VAE (Yao et al., CVPR 2025, hustvl/LightningDiT vavae/): the LDM KL autoencoder aligned with a vision
-foundation model, and the `vavae_lightningdit` backbone (VA-VAE tokenizer + LightningDiT generator).
+foundation model, and its Tokenizer (the `vavae_lightningdit` backbone is assembled in baselines/backbones/).
 
 VF loss (vavae/ldm/modules/losses/contperceptual.py), with z' = linear_proj(z) [B,D,h,w] (1x1 conv, no bias,
 latent -> foundation width; `reverse_proj: true`) and F the foundation patch tokens as a map [B,D,h,w]:
@@ -17,7 +17,6 @@ LightningDiT are posterior samples normalised per channel with `latents_stats.pt
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.api import Backbone, OptionError, Recipe
 from baselines.autoencoder import AE_CONFIGS, AETokenizer, AutoencoderKL, _dd
 from baselines.losses import VAELoss
 
@@ -197,151 +195,3 @@ def load_vavae_state_dict(ckpt: str | Path, model: VAVAE) -> dict[str, torch.Ten
         if not model.reverse_proj:
             sd["linear_proj.bias"] = model.linear_proj.bias.detach().clone()
     return sd
-
-
-# --- parity (python -m baselines.parity) ------------------------------------------------------------------
-
-
-def parity_model(kwargs: dict[str, Any]) -> VAVAE:
-    if kwargs.get("use_vf") is None:  # the plain LDM autoencoder: no linear_proj
-        return AutoencoderKL(kwargs["ddconfig"], kwargs["embed_dim"])
-    return VAVAE(kwargs["ddconfig"], kwargs["embed_dim"], int(kwargs.get("vf_feature_dim", 1024)),
-                 bool(kwargs.get("reverse_proj", False)))  # fmt: skip
-
-
-def _encode(model, io, call, config):
-    with torch.no_grad():
-        post = model.encode(io[call["inputs"][0]])
-    return {"moments": post.moments, "mean": post.mean, "logvar": post.logvar}
-
-
-def _decode(model, io, call, config):
-    with torch.no_grad():
-        return {"x_rec": model.decode(io[call["inputs"][0]])}
-
-
-def _vf_loss(model, io, call, config):
-    z, f = io[call["inputs"][0]], io[call["inputs"][1]]
-    a = call.get("scalar_args", {})
-    lp = config["kwargs"].get("lossconfig", {}).get("params", {})
-    pick = lambda k, d: float(a.get(k, lp.get(k, d)))  # noqa: E731
-    with torch.no_grad():
-        zp, aux = model.project(z, tokens_to_map(f, z.shape[2], z.shape[3]))
-        out = vf_loss(zp, aux, pick("distmat_margin", 0.0), pick("cos_margin", 0.0), pick("distmat_weight", 1.0),
-                      pick("cos_weight", 1.0))  # fmt: skip
-    return {
-        "z_proj": zp,
-        "vf_loss_distmat": out["vf_distmat"],
-        "vf_loss_cos": out["vf_cos"],
-        "vf_loss": out["vf_loss"],
-    }
-
-
-PARITY_CALLS = {"encode": _encode, "decode": _decode, "vf_loss": _vf_loss}
-
-
-# --- the vavae_lightningdit backbone ----------------------------------------------------------------------
-
-# Official time shift: the released sampler integrates t = 0 (noise) -> 1 on linspace(0, 1, 250) mapped by
-# t' = s t / (1 + (s - 1) t) with s = 0.3 (transport/integrators.py). In the common t = 1-noise convention
-# (tau = 1 - t) that is tau' = S tau / (1 + (S - 1) tau) with S = 1 / 0.3, i.e. baselines.transport.shift_time.
-OFFICIAL_TIMESTEP_SHIFT = 0.3
-# configs/reproductions/lightningdit_xl_vavae_f16d32_{64ep,800ep}_cfg.yaml: cfg scale and cfg_interval_start
-# (guidance off while t < start, t = 0 noise -> on for tau <= 1 - start).
-RELEASES = {"64ep": dict(epochs=64, guidance=10.0, cfg_interval_start=0.10),
-            "800ep": dict(epochs=800, guidance=6.7, cfg_interval_start=0.125)}  # fmt: skip
-
-PRESETS = {
-    # preset: LightningDiT model, VA-VAE config, image size, classes, foundation encoder
-    "XL/1": dict(dit="XL/1", vavae="f16d32", image_size=256, num_classes=1000, encoder="dinov2-vit-l14"),
-    "tiny": dict(dit="tiny", vavae="tiny", image_size=32, num_classes=8, encoder="standin"),
-}
-
-
-def paper_recipe(release: str = "800ep", official_cfg_quirk: bool = False) -> Recipe:
-    if release not in RELEASES:
-        raise ValueError(f"unknown LightningDiT release {release!r}; known: {', '.join(RELEASES)}")
-    r = RELEASES[release]
-    sampler = dict(
-        mode="ode",
-        steps=249,  # num_sampling_steps 250 = 250 grid points of torchdiffeq's fixed-grid Euler = 249 steps
-        time_shift=1.0 / OFFICIAL_TIMESTEP_SHIFT,
-        guidance=r["guidance"],
-        guidance_interval=(0.0, 1.0 - r["cfg_interval_start"]),
-    )
-    if official_cfg_quirk:
-        sampler["guidance_channels"] = 3
-    return Recipe(
-        lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0, batch_size=1024, epochs=r["epochs"], lr_schedule="constant",
-        ema_decay=0.9999, grad_clip=None, label_drop=0.1, mixed_precision="bf16", sampler=sampler,
-        stage1_epochs=50, stage1_lr=1e-4, stage1_batch_size=256, stage1_betas=(0.5, 0.9),
-        source=("hustvl/LightningDiT configs/reproductions/lightningdit_xl_vavae_f16d32_"
-                f"{release}_cfg.yaml (AdamW 2e-4, beta2 0.95, batch 1024, 80k steps = 64 ep, Euler ODE "
-                "num_sampling_steps 250, timestep_shift 0.3, cfg_interval_start), train.py (EMA 0.9999); "
-                "VA-VAE: vavae/configs/f16d32_vfdinov2.yaml (Adam 1e-4 (0.5, 0.9), 8 x 32 GPUs, 50 epochs)"),
-    )  # fmt: skip
-
-
-def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, image_size: int | None = None,
-                   release: str = "800ep", official_cfg_quirk: bool = False, vavae_ckpt: str | None = None,
-                   latent_stats: str | None = None, encoder_weights: str | None = None,
-                   perceptual: str = "auto", vgg_path: str | None = None, **_: Any) -> Backbone:  # fmt: skip
-    """`vavae_lightningdit`. tiny: VA-VAE tiny (32 px -> 8x8x8) aligned to the stand-in encoder + LightningDiT
-    tiny. XL/1: VA-VAE f16d32 (`vavae_ckpt`/`latent_stats` load the release; DINOv2 ViT-L/14 is built only when
-    `encoder_weights` or $GENBENCH_WEIGHTS is given) + LightningDiT-XL/1."""
-    from baselines.encoders import build_encoder
-    from baselines.lightningdit import LightningDiT_models
-    from baselines.transport import FlowMatchingGenerator
-
-    if preset not in PRESETS:
-        raise OptionError(f"unknown vavae_lightningdit preset {preset!r}; known: {', '.join(PRESETS)}")
-    p = PRESETS[preset]
-    num_classes = num_classes or p["num_classes"]
-    image_size = image_size or p["image_size"]
-    recipe = paper_recipe(release, official_cfg_quirk)
-
-    encoder = None
-    if preset == "tiny":
-        dd, _e = VAVAE_CONFIGS["tiny"]
-        grid = image_size // 2 ** (len(dd["ch_mult"]) - 1)
-        encoder = build_encoder("standin", dim=32, grid=grid)
-        vf_dim = encoder.dim
-    else:
-        vf_dim = 1024
-        if encoder_weights is not None or os.environ.get("GENBENCH_WEIGHTS"):
-            encoder = build_encoder(p["encoder"], weights=encoder_weights, preprocess="vavae")
-            vf_dim = encoder.dim
-    tokenizer = VAVAETokenizer(p["vavae"], vf_dim, perceptual=perceptual, vgg_path=vgg_path,
-                               **({"disc_start": 48} if preset == "tiny" else {}))  # fmt: skip
-    if vavae_ckpt is not None:
-        tokenizer.load_official(vavae_ckpt, latent_stats)
-        tokenizer.trainable = False  # the released tokenizer is used as is
-        tokenizer.requires_grad_(False)
-    c, h, w = tokenizer.latent_shape(image_size)
-    net = LightningDiT_models[p["dit"]](input_size=h, in_channels=c, num_classes=num_classes)
-    generator = FlowMatchingGenerator(net, (c, h, w), num_classes, net_time="data_at_1", t_sampling="logit_normal",
-                                      cos_loss_weight=1.0, label_drop=recipe.label_drop)  # fmt: skip
-    guidance_note = (
-        "official quirk: CFG on the first 3 latent channels only (official_cfg_quirk=True)"
-        if official_cfg_quirk
-        else "common protocol: CFG on all latent channels (official guides channels 0-2 only; official_cfg_quirk=True)"
-    )
-    return Backbone(
-        name="vavae_lightningdit",
-        family="vavae_lightningdit",
-        tokenizer=tokenizer,
-        generator=generator,
-        recipe=recipe,
-        encoder=encoder,
-        notes={
-            "guidance": guidance_note,
-            "guidance_interval": f"released {release}: cfg {RELEASES[release]['guidance']}, on for t <= "
-            f"{1 - RELEASES[release]['cfg_interval_start']:.3f} (t=1 noise), per step for the whole batch",
-            "time_shift": f"official timestep_shift {OFFICIAL_TIMESTEP_SHIFT} (t=0 noise) = shift_time "
-            f"{1 / OFFICIAL_TIMESTEP_SHIFT:.4f} (t=1 noise)",
-            "perceptual": tokenizer.loss_fn.perceptual_kind,
-            "discriminator": "own PatchGAN (LDM NLayerDiscriminator keys), hinge loss",
-            "vf_encoder": "stand-in (not DINOv2)" if preset == "tiny" else p["encoder"],
-            "tokenizer": "released VA-VAE checkpoint" if vavae_ckpt else "trained in stage 1",
-        },
-    )

@@ -8,6 +8,7 @@ import torch
 
 from baselines import fae
 from baselines.api import build_backbone, randn_per_sample, sample_generators
+from baselines.backbones import fae as fae_backbone
 from bench.data import embedded_images, to_model_range
 
 
@@ -76,10 +77,10 @@ def test_paper_backbone_on_meta():
     assert r.sampler["mode"] == "ode" and r.sampler["steps"] == 250
     assert r.sampler["time_shift"] == pytest.approx(2.5)  # paper's 0.4 in LightningDiT's t=0-noise form
     assert tuple(map(tuple, r.sampler["guidance_schedule"])) == ((0.9, 1.0, 0.9), (0.0, 0.7, 2.5))
-    assert fae.SDE_SAMPLER["mode"] == "sde" and fae.SDE_SAMPLER["guidance"] == 1.0
+    assert fae_backbone.SDE_SAMPLER["mode"] == "sde" and fae_backbone.SDE_SAMPLER["guidance"] == 1.0
     # ODE 250 steps: every step in [0, 0.7] or [0.9, 1] runs a CFG pair
     nfe = bb.generator.nfe(**r.sampler)
-    assert 250 < nfe < 500 and bb.generator.nfe(**fae.SDE_SAMPLER) == 250
+    assert 250 < nfe < 500 and bb.generator.nfe(**fae_backbone.SDE_SAMPLER) == 250
     assert "generator" in bb.notes and "open_choices" in bb.notes
 
 

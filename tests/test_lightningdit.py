@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from baselines import ops
-from baselines.lightningdit import LightningDiT, LightningDiT_models, official_forward_with_cfg, parity_model
+from baselines.lightningdit import LightningDiT, LightningDiT_models, official_forward_with_cfg
 from baselines.parity import run_case
+from baselines.parity.lightningdit import parity_model
 
 
 def test_parity_golden_lightningdit(golden):

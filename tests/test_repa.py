@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from baselines.backbones.repa import build_backbone
 from baselines.parity import main as parity_main
-from baselines.repa import build_backbone
 from baselines.sit import SiT_models
 
 

@@ -14,7 +14,7 @@ N, SEED, SAMPLER = 10, 11, dict(mode="sde", steps=3, guidance=1.8, guidance_inte
 
 
 def _backbone():
-    from baselines.repa import build_backbone
+    from baselines.backbones.repa import build_backbone
 
     torch.manual_seed(0)  # identical weights in every process
     return build_backbone("tiny", num_classes=4, image_size=32)

@@ -5,19 +5,17 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from baselines import parity, starflow
 from baselines.api import Backbone, Recipe, sample_generators
+from baselines.backbones.starflow import StarFlowGenerator
+from baselines.backbones.tarflow import PixelTokenizer
 from baselines.flow_sizes import preset_sizes
-from baselines.tarflow import PixelTokenizer
 
 
 def _golden_model(case_dir):
-    config = json.loads((case_dir / "config.json").read_text())
-    model = starflow.parity_model(config["kwargs"])
-    model.load_state_dict(load_file(str(case_dir / "weights.safetensors")), strict=True)
-    return config, model.eval(), load_file(str(case_dir / "io.safetensors"))
+    case, model = parity.load_case(case_dir)
+    return case.config, model, case.io
 
 
 def _randomize(model, std=0.05, seed=0):
@@ -79,7 +77,7 @@ VARIANTS = [
 
 @pytest.mark.parametrize("kw", VARIANTS, ids=range(len(VARIANTS)))
 def test_forward_reverse_roundtrip(kw):
-    model = _randomize(starflow.parity_model({**BASE, **kw})).eval()
+    model = _randomize(starflow.StarFlow(**{**BASE, **kw})).eval()
     x = torch.randn(2, model.in_channels, model.img_size, model.img_size)
     y = torch.randn(2, model.txt_size, model.txt_dim) if model.txt_dim else None
     with torch.no_grad():
@@ -92,11 +90,11 @@ def test_forward_reverse_roundtrip(kw):
 
 def test_unsupported_options_rejected():
     with pytest.raises(ValueError, match="temporal_causal"):
-        starflow.parity_model({**BASE, "temporal_causal": 1})
+        starflow.StarFlow(**{**BASE, "temporal_causal": 1})
     with pytest.raises(ValueError, match="unknown"):
-        starflow.parity_model({**BASE, "no_such_option": 1})
+        starflow.StarFlow(**{**BASE, "no_such_option": 1})
     with pytest.raises(ValueError, match="cond_top_only"):
-        starflow.parity_model({**BASE, "txt_size": 0, "txt_dim": 0})
+        starflow.StarFlow(**{**BASE, "txt_size": 0, "txt_dim": 0})
 
 
 def test_paper_preset_sizes_on_meta_device():
@@ -109,9 +107,9 @@ def test_paper_preset_sizes_on_meta_device():
 
 
 def _tiny_generator(num_classes=4):
-    model = _randomize(starflow.build_model("tiny", channels=32, head_dim=16, layers_per_block=[1, 1, 1], img_size=4,
+    model = _randomize(starflow.StarFlow_models["tiny"](channels=32, head_dim=16, layers_per_block=[1, 1, 1], img_size=4,
                                             txt_dim=num_classes + 1), 0.02)  # fmt: skip
-    return starflow.StarFlowGenerator(model, num_classes)
+    return StarFlowGenerator(model, num_classes)
 
 
 def test_wrapper_trains_and_samples():

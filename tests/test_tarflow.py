@@ -4,17 +4,15 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from baselines import parity, tarflow
 from baselines.api import build_backbone, sample_generators
+from baselines.parity import tarflow as tarflow_parity
 
 
 def _golden_model(case_dir):
-    config = json.loads((case_dir / "config.json").read_text())
-    model = tarflow.parity_model(config["kwargs"])
-    model.load_state_dict(load_file(str(case_dir / "weights.safetensors")), strict=True)
-    return config, model.eval(), load_file(str(case_dir / "io.safetensors"))
+    case, model = parity.load_case(case_dir)
+    return case.config, model, case.io
 
 
 def _randomize(model, std=0.05, seed=0):
@@ -71,7 +69,7 @@ def test_forward_reverse_roundtrip(kw):
         nvp=True,
         num_classes=4,
     )
-    model = _randomize(tarflow.parity_model({**base, **kw})).eval()
+    model = _randomize(tarflow_parity.parity_model({**base, **kw})).eval()
     x = torch.randn(
         3,
         base["in_channels"] if "in_channels" not in kw else kw["in_channels"],
@@ -89,7 +87,7 @@ def test_forward_reverse_roundtrip(kw):
 
 def test_dropped_label_uses_mean_embedding():
     model = _randomize(
-        tarflow.build_model("tiny", channels=64, num_blocks=2, layers_per_block=1, img_size=8)
+        tarflow.TarFlow_models["tiny"](channels=64, num_blocks=2, layers_per_block=1, img_size=8)
     ).eval()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
@@ -101,7 +99,7 @@ def test_dropped_label_uses_mean_embedding():
 
 def test_unknown_kwargs_rejected():
     with pytest.raises(ValueError, match="head_dim"):
-        tarflow.parity_model(
+        tarflow_parity.parity_model(
             dict(
                 in_channels=3,
                 img_size=8,
@@ -117,7 +115,7 @@ def test_unknown_kwargs_rejected():
 def _tiny_backbone():
     bb = build_backbone("tarflow", "tiny", num_classes=8, image_size=16)
     bb.generator.model = _randomize(
-        tarflow.build_model("tiny", img_size=16, channels=64, num_blocks=2, layers_per_block=1), 0.02
+        tarflow.TarFlow_models["tiny"](img_size=16, channels=64, num_blocks=2, layers_per_block=1), 0.02
     )
     return bb
 

@@ -3,10 +3,11 @@ import torch
 
 from baselines import ops
 from baselines.api import build_backbone
+from baselines.backbones.vavae_lightningdit import paper_recipe
 from baselines.lightningdit import official_forward_with_cfg
 from baselines.losses import adaptive_weight
 from baselines.parity import run_case
-from baselines.vavae import OFFICIAL_LOSS, VAVAETokenizer, paper_recipe, tokens_to_map, vf_loss
+from baselines.vavae import OFFICIAL_LOSS, VAVAETokenizer, tokens_to_map, vf_loss
 
 
 def test_parity_golden_vavae(golden):

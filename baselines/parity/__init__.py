@@ -6,8 +6,10 @@ official kwargs, calls with tolerances), `weights.safetensors` (the official sta
 with strict=True, run every listed call and print `CASE CALL max_abs_err=... tol=... ok|FAIL`.
 Exit status: 0 when every call of every case passes; 1 otherwise (a failing, erroring or unknown call).
 
-Each family module provides `parity_model(kwargs) -> nn.Module` and `PARITY_CALLS`, a dict
-call name -> fn(model, io, call, config) -> {output name: tensor}.
+Each family adapter (baselines/parity/<family>.py) provides `parity_model(kwargs) -> nn.Module` and
+`PARITY_CALLS`, a dict call name -> fn(model, io, call, config) -> {output name: tensor}.
+
+`golden_root()` and `load_case()` are the one way every caller (tests, tasks, studies) finds and reads golden data.
 """
 
 from __future__ import annotations
@@ -15,21 +17,83 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
+import os
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-# config.json "family" -> module implementing it
+# config.json "family" -> adapter module
 FAMILIES = {
-    "REPA": "baselines.repa",
-    "lightningdit": "baselines.lightningdit",
-    "vavae": "baselines.vavae",
-    "normalizing_flow/tarflow": "baselines.tarflow",
-    "normalizing_flow/starflow": "baselines.starflow",
+    "REPA": "baselines.parity.repa",
+    "lightningdit": "baselines.parity.lightningdit",
+    "vavae": "baselines.parity.vavae",
+    "normalizing_flow/tarflow": "baselines.parity.tarflow",
+    "normalizing_flow/starflow": "baselines.parity.starflow",
 }
+CASE_FILES = ("config.json", "weights.safetensors", "io.safetensors")
+
+
+def golden_root() -> Path | None:
+    """Golden parity data: $GENBENCH_GOLDEN, else ../shared/golden beside the checkout (never copied in).
+    None when neither exists."""
+    env = os.environ.get("GENBENCH_GOLDEN")
+    checkout = Path(__file__).resolve().parents[2]
+    for cand in ([Path(env)] if env else []) + [checkout.parent / "shared" / "golden"]:
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def golden_cases(root: Path | None = None) -> list[Path]:
+    """Every case directory (one holding a config.json) under `root` (default: golden_root()), sorted."""
+    root = golden_root() if root is None else Path(root)
+    if root is None or not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if (d / "config.json").is_file())
+
+
+@dataclass
+class Case:
+    name: str
+    dir: Path
+    config: dict[str, Any]
+    io: dict[str, torch.Tensor]
+
+    @property
+    def family(self) -> str | None:
+        return self.config.get("family")
+
+
+def missing_files(case_dir: Path) -> list[str]:
+    return [f for f in CASE_FILES if not (Path(case_dir) / f).is_file()]
+
+
+def adapter(family: str):
+    """The parity adapter module of a config.json family (ValueError naming the known ones)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
+    return importlib.import_module(FAMILIES[family])
+
+
+def load_case(case_dir: Path | str, model: bool = True) -> tuple[Case, torch.nn.Module | None]:
+    """Read a case directory -> (Case, our model built from the official kwargs with the official weights loaded
+    strictly, in eval mode; None when model=False). The torch seed is set to the case's seed first."""
+    case_dir = Path(case_dir)
+    missing = missing_files(case_dir)
+    if missing:
+        raise FileNotFoundError(f"{case_dir}: missing {', '.join(missing)}")
+    config = json.loads((case_dir / "config.json").read_text())
+    case = Case(case_dir.name, case_dir, config, load_file(str(case_dir / "io.safetensors")))
+    if not model:
+        return case, None
+    torch.manual_seed(int(config.get("seed", 0)))
+    net = adapter(case.family).parity_model(config["kwargs"])
+    net.load_state_dict(load_file(str(case_dir / "weights.safetensors")), strict=True)
+    return case, net.eval()
 
 
 def _tolerance(call: dict) -> tuple[float, float]:
@@ -51,18 +115,15 @@ def compare(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> 
 
 
 def run_case(case_dir: Path, out=print) -> bool:
+    case_dir = Path(case_dir)
     case = case_dir.name
-    config = json.loads((case_dir / "config.json").read_text())
-    family = config.get("family")
+    family = json.loads((case_dir / "config.json").read_text()).get("family")
     if family not in FAMILIES:
         out(f"{case} - unknown family {family!r} (known: {', '.join(FAMILIES)}) FAIL")
         return False
-    module = importlib.import_module(FAMILIES[family])
-    torch.manual_seed(int(config.get("seed", 0)))
-    model = module.parity_model(config["kwargs"])
-    model.load_state_dict(load_file(str(case_dir / "weights.safetensors")), strict=True)
-    model.eval()
-    io = load_file(str(case_dir / "io.safetensors"))
+    module = adapter(family)
+    loaded, model = load_case(case_dir)
+    config, io = loaded.config, loaded.io
     all_ok = True
     for call in config["calls"]:
         name = call["name"]
@@ -97,18 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     ok = True
     for case_dir in args.cases:
-        missing = [
-            f
-            for f in ("config.json", "weights.safetensors", "io.safetensors")
-            if not (case_dir / f).is_file()
-        ]
+        missing = missing_files(case_dir)
         if missing:
             print(f"{case_dir.name} - missing {', '.join(missing)} in {case_dir} FAIL")
             ok = False
             continue
         ok &= run_case(case_dir)
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
