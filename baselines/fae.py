@@ -65,8 +65,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from baselines.api import OptionError, Tokenizer
+from baselines.api import Tokenizer
 from baselines.layers import Attention, Mlp, SwiGLUFFN, axial_rope_2d, get_2d_sincos_pos_embed, unpatchify
+from bench.errors import OptionError
 
 # --- primitives -------------------------------------------------------------------------------------------
 
@@ -221,7 +222,9 @@ class FAEConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise ValueError(f"unknown FAE config field(s) {unknown}; known: {sorted(names)}")
+            raise OptionError(
+                f"unknown FAE option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            )
         cfg = dataclasses.replace(FAE_configs[preset], **overrides)
         if cfg.latent_dim < 1 or not 0.0 < cfg.stage_split <= 1.0:
             raise ValueError(f"bad FAE config: latent_dim={cfg.latent_dim}, stage_split={cfg.stage_split}")

@@ -260,7 +260,7 @@ def smoke_fid(run_dir: Path, jac: dict[str, Any], n: int = 256) -> dict[str, Any
                 st = bb.generator.last_sample_stats.as_dict()
                 res[f"{name} {which} {mode}"] = {"fid": fid, "wall_s": wall, "nfe_last_batch": st["nfe"],
                                                  "forward_equivalents": st["forward_equivalents"],
-                                                 "sampler": {**bb.recipe.sampler, **opts}}  # fmt: skip
+                                                 "sampler": bb.sampler.replace(**opts).as_dict()}  # fmt: skip
                 print(
                     f"{name} {which} {mode}: FID {fid:.1f}, {wall:.1f}s for {n}, nfe {st['nfe']}", flush=True
                 )

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines import ops
-from baselines.api import Generator
+from baselines.api import FlowSampler, Generator, check_decode_options
 from baselines.layers import UnitOffsetRMSNorm
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -85,21 +85,6 @@ class DecodeStats:
     tokens: int = 0
     rows: int = 1
     prefix_tokens: int = 0
-
-
-SAMPLING_MODES = ("sequential", "jacobi")
-
-
-def check_decode_options(mode: str, block_size: int, tol: float, max_iters: int) -> None:
-    if mode not in SAMPLING_MODES:
-        raise ValueError(f"unknown sampling mode {mode!r}; expected one of {SAMPLING_MODES}")
-    if mode == "jacobi":
-        if int(block_size) < 1:
-            raise ValueError(f"jacobi_block must be >= 1, got {block_size}")
-        if not tol >= 0:
-            raise ValueError(f"jacobi_tol must be >= 0, got {tol}")
-        if int(max_iters) < 1:
-            raise ValueError(f"jacobi_max_iters must be >= 1, got {max_iters}")
 
 
 def autoregressive_decode(
@@ -378,12 +363,13 @@ class FlowGenerator(Generator):
 
     Training: x = latents + noise_std * eps, labels dropped to `null_label` with prob. label_drop (one seeded
     draw), loss from `_objective`; `nll` / `bits_per_dim_noisy` are per-dimension values of the noisy data.
-    Sampling: `_reverse` inverts the flow from the prior noise; `denoise` adds one Tweedie step at noise_std
-    (lr `denoise_lr`, 1 = optimal); the measured cost of the last call is in `last_sample_stats`.
+    Sampling (`FlowSampler` settings): `_reverse` inverts the flow from the prior noise; `denoise` adds one
+    Tweedie step at noise_std (default: the training noise; lr `denoise_lr`, 1 = optimal); the measured cost of
+    the last call is in `last_sample_stats`.
     """
 
     NAME = "flow"
-    SAMPLER_DEFAULTS: dict[str, Any] = {}  # every sampler option but noise_std (= the training noise level)
+    settings_type = FlowSampler
 
     def __init__(self, model: nn.Module, num_classes: int, noise_std: float, label_drop: float):
         super().__init__()
@@ -407,12 +393,10 @@ class FlowGenerator(Generator):
         """Sampling labels -> what the model's reverse/denoise take as condition."""
         raise NotImplementedError
 
-    def _reverse(
-        self, noise: torch.Tensor, cond, o: dict[str, Any], stats: list[DecodeStats]
-    ) -> torch.Tensor:
+    def _reverse(self, noise: torch.Tensor, cond, s: FlowSampler, stats: list[DecodeStats]) -> torch.Tensor:
         raise NotImplementedError
 
-    def _measured_cost(self, stats: list[DecodeStats], o: dict[str, Any]) -> tuple[int, float]:
+    def _measured_cost(self, stats: list[DecodeStats], s: FlowSampler) -> tuple[int, float]:
         """(sequential network calls, forward equivalents) of the reverse pass just run."""
         raise NotImplementedError
 
@@ -421,7 +405,7 @@ class FlowGenerator(Generator):
         """Tokens each block generates sequentially."""
         raise NotImplementedError
 
-    def _block_calls(self, per_block: int, o: dict[str, Any]) -> int:
+    def _block_calls(self, per_block: int, s: FlowSampler) -> int:
         """Sequential network calls of the whole reverse pass given `per_block` calls per flow block."""
         raise NotImplementedError
 
@@ -430,10 +414,6 @@ class FlowGenerator(Generator):
         raise NotImplementedError
 
     # --- the shared loop ------------------------------------------------------------------------------------
-    @property
-    def SAMPLER_KEYS(self) -> tuple[str, ...]:
-        return (*self.SAMPLER_DEFAULTS, "noise_std")
-
     def loss(self, latents, labels, features=None, generator=None) -> dict[str, torch.Tensor]:
         y = self._labels(labels)
         x = latents + self.noise_std * torch.randn(
@@ -445,40 +425,38 @@ class FlowGenerator(Generator):
         nll = flow.detach() + 0.5 * math.log(2 * math.pi)  # nats per dimension of the noisy data
         return {"loss": total, "nll": nll, "bits_per_dim_noisy": nll / math.log(2), **parts}
 
-    def _sampler(self, sampler: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(sampler) - set(self.SAMPLER_KEYS))
-        if unknown:
-            raise ValueError(f"unknown {self.NAME} sampler option(s) {unknown}; known: {self.SAMPLER_KEYS}")
-        o = {**self.SAMPLER_DEFAULTS, "noise_std": self.noise_std, **sampler}
-        check_decode_options(o["mode"], o["jacobi_block"], o["jacobi_tol"], o["jacobi_max_iters"])
-        return o
+    def _noise_std(self, s: FlowSampler) -> float:
+        return self.noise_std if s.noise_std is None else s.noise_std
 
     @torch.no_grad()
-    def sample(self, labels, noise, generators=None, **sampler) -> torch.Tensor:
+    def sample(self, labels, noise, generators=None, settings=None, **overrides) -> torch.Tensor:
         """labels [B], noise [B,*latent] standard normal -> samples [B,*latent] (deterministic given noise)."""
-        o = self._sampler(sampler)
+        s = self.settings(settings, **overrides)
         cond = self._condition(labels)
         t0 = time.perf_counter()
         stats: list[DecodeStats] = []
-        x = self._reverse(noise, cond, o, stats)
-        if o["denoise"]:
-            x = self.model.denoise(x, cond, o["noise_std"], o["denoise_lr"])
+        x = self._reverse(noise, cond, s, stats)
+        if s.denoise:
+            x = self.model.denoise(x, cond, self._noise_std(s), s.denoise_lr)
         wall = time.perf_counter() - t0
-        calls, fwd = self._measured_cost(stats, o)
-        d = bool(o["denoise"])  # denoise: forward + backward = 2 calls, about 3 forward equivalents
+        calls, fwd = self._measured_cost(stats, s)
+        d = bool(s.denoise)  # denoise: forward + backward = 2 calls, about 3 forward equivalents
         self.last_sample_stats = SampleStats(stats, wall, calls + (2 if d else 0), fwd + (3.0 if d else 0.0))
         return x
 
-    def nfe(self, **sampler) -> int:
+    def nfe(self, settings=None, **overrides) -> int:
         """Sequential network calls per image (a CFG pair counts 2; Jacobi: its worst case; denoise: 2)."""
-        o = self._sampler(sampler)
+        s = self.settings(settings, **overrides)
         n = self._targets
         per_block = (
-            n
-            if o["mode"] == "sequential"
-            else jacobi_worst_passes(n, o["jacobi_block"], o["jacobi_max_iters"])
+            n if s.mode == "sequential" else jacobi_worst_passes(n, s.jacobi_block, s.jacobi_max_iters)
         )
-        return self._block_calls(per_block, o) + (2 if o["denoise"] else 0)
+        return self._block_calls(per_block, s) + (2 if s.denoise else 0)
+
+    def describe(self, settings=None) -> dict[str, Any]:
+        """steps = sequential network calls per image without CFG doubling or the denoise step."""
+        s = self.settings(settings)
+        return s.describe(steps=self.nfe(s.replace(guidance=0.0, denoise=False)))
 
     def flops_per_image(self) -> float:
         return self.model.flops_per_image()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from baselines.api import Generator, randn_per_sample
+from baselines.api import FlowMatchingSampler, Generator, randn_per_sample
 
 
 def _bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -127,6 +127,8 @@ def euler_maruyama(
 class FlowMatchingGenerator(Generator):
     """Generator = a velocity net + the linear interpolant. See the module docstring for the time convention."""
 
+    settings_type = FlowMatchingSampler
+
     def __init__(
         self,
         net: torch.nn.Module,
@@ -214,32 +216,15 @@ class FlowMatchingGenerator(Generator):
         return out
 
     # --- sampling -------------------------------------------------------------------------------------
-    def sample(
-        self,
-        labels,
-        noise,
-        generators=None,
-        *,
-        mode: str = "ode",
-        steps: int = 250,
-        guidance: float = 1.0,
-        guidance_interval: Sequence[float] | None = None,
-        guidance_schedule: Sequence[Sequence[float]] | None = None,
-        guidance_channels: int | None = None,
-        time_shift: float = 1.0,
-        heun: bool = False,
-        heun_guidance: str = "t_cur",
-        t_last: float = 0.04,
-    ):
-        if mode not in ("ode", "sde"):
-            raise ValueError(f"sampler mode must be 'ode' or 'sde', got {mode!r}")
-        _check_heun_guidance(heun_guidance)
+    def sample(self, labels, noise, generators=None, settings=None, **overrides):
+        """labels [B], noise [B,*latent] (the t = 1 state) -> latents at t = 0 under `FlowMatchingSampler` settings."""
+        s = self.settings(settings, **overrides)
         dtype = next(self.net.parameters()).dtype
         null = torch.full_like(labels, self.num_classes)
 
         def velocity(x: torch.Tensor, t: float, guide_t: float | None = None) -> torch.Tensor:
             w = guidance_scale_at(
-                t if guide_t is None else guide_t, guidance, guidance_interval, guidance_schedule
+                t if guide_t is None else guide_t, s.guidance, s.guidance_interval, s.guidance_schedule
             )
             xin = x.to(dtype)
             if w == 1.0:
@@ -248,52 +233,44 @@ class FlowMatchingGenerator(Generator):
             tt = torch.full((2 * x.shape[0],), t, device=x.device, dtype=dtype)
             v_c, v_u = self.velocity(torch.cat([xin, xin]), tt, torch.cat([labels, null])).double().chunk(2)
             guided = v_u + w * (v_c - v_u)
-            if guidance_channels is not None:  # DiT/LightningDiT quirk: guide the first channels only
-                guided = torch.cat([guided[:, :guidance_channels], v_c[:, guidance_channels:]], dim=1)
+            c = s.guidance_channels
+            if c is not None:  # DiT/LightningDiT quirk: guide the first channels only
+                guided = torch.cat([guided[:, :c], v_c[:, c:]], dim=1)
             return guided
 
-        if mode == "ode":
-            x = euler_ode(velocity, noise, steps, heun=heun, shift=time_shift,
-                          heun_guidance_at_t_cur=heun_guidance == "t_cur")  # fmt: skip
+        if s.mode == "ode":
+            x = euler_ode(velocity, noise, s.steps, heun=s.heun, shift=s.time_shift,
+                          heun_guidance_at_t_cur=s.heun_guidance == "t_cur")  # fmt: skip
         else:
             if generators is None:
                 raise ValueError("SDE sampling needs per-sample generators")
             x = euler_maruyama(
                 velocity,
                 noise,
-                steps,
+                s.steps,
                 lambda i: randn_per_sample(generators, tuple(noise.shape[1:]), device=noise.device),
-                shift=time_shift,
-                t_last=t_last,
+                shift=s.time_shift,
+                t_last=s.t_last,
             )
         return x.to(noise.dtype)
 
-    def nfe(
-        self,
-        *,
-        mode: str = "ode",
-        steps: int = 250,
-        guidance: float = 1.0,
-        guidance_interval=None,
-        guidance_schedule=None,
-        heun: bool = False,
-        heun_guidance: str = "t_cur",
-        time_shift: float = 1.0,
-        t_last: float = 0.04,
-        **_,
-    ):
-        _check_heun_guidance(heun_guidance)
-        if mode == "ode":
-            ts = shift_time(torch.linspace(1, 0, steps + 1, dtype=torch.float64), time_shift).tolist()
-            second = 0 if heun_guidance == "t_cur" else 1  # the time that decides guidance of Heun's 2nd call
-            evals = [ts[i] for i in range(steps)] + (
-                [ts[i + second] for i in range(steps - 1)] if heun else []
+    def nfe(self, settings=None, **overrides) -> int:
+        s = self.settings(settings, **overrides)
+        if s.mode == "ode":
+            ts = shift_time(torch.linspace(1, 0, s.steps + 1, dtype=torch.float64), s.time_shift).tolist()
+            second = (
+                0 if s.heun_guidance == "t_cur" else 1
+            )  # the time that decides guidance of Heun's 2nd call
+            evals = [ts[i] for i in range(s.steps)] + (
+                [ts[i + second] for i in range(s.steps - 1)] if s.heun else []
             )
         else:
-            evals = shift_time(torch.linspace(1, t_last, steps, dtype=torch.float64), time_shift).tolist()
+            evals = shift_time(
+                torch.linspace(1, s.t_last, s.steps, dtype=torch.float64), s.time_shift
+            ).tolist()
         return int(
             sum(
-                2 if guidance_scale_at(t, guidance, guidance_interval, guidance_schedule) != 1.0 else 1
+                2 if guidance_scale_at(t, s.guidance, s.guidance_interval, s.guidance_schedule) != 1.0 else 1
                 for t in evals
             )
         )
@@ -302,11 +279,6 @@ class FlowMatchingGenerator(Generator):
         if hasattr(self.net, "flops_per_image"):
             return float(self.net.flops_per_image())
         return count_forward_flops(self.net, self.latent_shape, self.num_classes)
-
-
-def _check_heun_guidance(value: str) -> None:
-    if value not in ("t_cur", "t_next"):
-        raise ValueError(f"heun_guidance must be 't_cur' (REPA's sampler) or 't_next', got {value!r}")
 
 
 def projection_loss(zs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -63,27 +63,29 @@ def train_images_per_second(
 
 @torch.no_grad()
 def sample_latency(
-    bb: Backbone, batch: int, image_size: int, num_classes: int, device: str, sampler: dict, repeats: int = 1
+    bb: Backbone, batch: int, image_size: int, num_classes: int, device: str, sampler, repeats: int = 1
 ) -> float:
     """Seconds to generate one batch of images (generator sampling + decode), after one warm-up call."""
     shape = bb.tokenizer.latent_shape(image_size)
     gens = sample_generators(0, range(batch))
     noise = randn_per_sample(gens, shape).to(device)
     labels = (torch.arange(batch) % num_classes).to(device)
-    small = {**sampler, "steps": min(2, sampler.get("steps", 2))} if "steps" in sampler else sampler
-    bb.sample_images(labels, noise, gens, **small)  # warm-up (allocations, compilation)
+    has_steps = "steps" in sampler.field_names()
+    small = sampler.replace(steps=min(2, sampler.steps)) if has_steps else sampler
+    bb.sample_images(labels, noise, gens, small)  # warm-up (allocations, compilation)
     sync(device)
     t0 = time.perf_counter()
     for _ in range(repeats):
-        bb.sample_images(labels, noise, gens, **sampler)
+        bb.sample_images(labels, noise, gens, sampler)
     sync(device)
     return (time.perf_counter() - t0) / repeats
 
 
 def measure_backbone(bb: Backbone, store, name: str, suite, device: str, seed: int = 0) -> dict:
     r = bb.recipe
-    sampler = dict(r.sampler)
-    nfe = bb.generator.nfe(**sampler)
+    sampler = bb.sampler
+    nfe = bb.generator.nfe(sampler)
+    d = bb.generator.describe(sampler)
     out = {}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -102,9 +104,7 @@ def measure_backbone(bb: Backbone, store, name: str, suite, device: str, seed: i
     out["train_img_per_s"] = tr
     for b in suite.throughput_batch_sizes:
         lat = sample_latency(bb, b, suite.image_size, suite.num_classes, device, sampler)
-        fields = dict(
-            n_samples=b, sampler=sampler.get("mode"), steps=sampler.get("steps"), nfe=nfe, device=device
-        )
+        fields = dict(n_samples=b, sampler=d["sampler"], steps=d["steps"], nfe=nfe, device=device)
         store.log_metric(name, "throughput", "sample_latency_s", lat, **fields)
         store.log_metric(name, "throughput", "sample_img_per_s", b / lat, **fields)
         out["sample_img_per_s"] = b / lat

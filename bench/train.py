@@ -259,10 +259,12 @@ class BackboneRun:
         from bench.sample import generate
 
         s, r = self.suite, self.bb.recipe
-        sampler = dict(r.sampler)
-        nfe = self.bb.generator.nfe(**sampler)
+        nfe = self.bb.generator.nfe(r.sampler)
+        d = self.bb.generator.describe(
+            r.sampler
+        )  # sampler name, steps, guidance scale (1 = off) for every family
         fields = dict(epoch=epoch, step=step, images_seen=seen, train_flops=train_flops, n_samples=s.n_eval_samples,
-                      sampler=sampler.get("mode"), steps=sampler.get("steps"), nfe=nfe, guidance=_guidance(sampler))  # fmt: skip
+                      sampler=d["sampler"], steps=d["steps"], nfe=nfe, guidance=d["guidance"])  # fmt: skip
         out = generate(self._eval_backbone(), s.n_eval_samples, s.num_classes, self.seed, s.image_size, batch_size=s.sample_batch_size,
                        device=self.device, desc=f"[{self.name}] sample epoch {epoch}")  # fmt: skip
         self.store.log_metric(self.name, "eval", "n_nonfinite", out["n_nonfinite"], **fields)
@@ -342,15 +344,9 @@ class BackboneRun:
         )
 
 
-def _guidance(sampler: dict):
-    if sampler.get("guidance_schedule"):
-        return max(float(w) for _, _, w in sampler["guidance_schedule"])
-    return sampler.get("guidance", 1.0)
-
-
 def recipe_dict(bb: Backbone) -> dict:
     d = asdict(bb.recipe)
-    d["sampler"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in d["sampler"].items()}
+    d["sampler"] = bb.sampler.as_dict()
     return d
 
 

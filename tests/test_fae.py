@@ -74,13 +74,13 @@ def test_paper_backbone_on_meta():
     assert bb.generator.loss_weight == "sigma" and bb.encoder is None
     r = bb.recipe
     assert (r.batch_size, r.lr, r.epochs, r.lr_schedule) == (512, 1e-4, 800, "constant")
-    assert r.sampler["mode"] == "ode" and r.sampler["steps"] == 250
-    assert r.sampler["time_shift"] == pytest.approx(2.5)  # paper's 0.4 in LightningDiT's t=0-noise form
-    assert tuple(map(tuple, r.sampler["guidance_schedule"])) == ((0.9, 1.0, 0.9), (0.0, 0.7, 2.5))
-    assert fae_backbone.SDE_SAMPLER["mode"] == "sde" and fae_backbone.SDE_SAMPLER["guidance"] == 1.0
+    assert r.sampler.mode == "ode" and r.sampler.steps == 250
+    assert r.sampler.time_shift == pytest.approx(2.5)  # paper's 0.4 in LightningDiT's t=0-noise form
+    assert r.sampler.guidance_schedule == ((0.9, 1.0, 0.9), (0.0, 0.7, 2.5))
+    assert fae_backbone.SDE_SAMPLER.mode == "sde" and fae_backbone.SDE_SAMPLER.guidance == 1.0
     # ODE 250 steps: every step in [0, 0.7] or [0.9, 1] runs a CFG pair
-    nfe = bb.generator.nfe(**r.sampler)
-    assert 250 < nfe < 500 and bb.generator.nfe(**fae_backbone.SDE_SAMPLER) == 250
+    nfe = bb.generator.nfe(r.sampler)
+    assert 250 < nfe < 500 and bb.generator.nfe(fae_backbone.SDE_SAMPLER) == 250
     assert "generator" in bb.notes and "open_choices" in bb.notes
 
 
@@ -127,7 +127,7 @@ def test_tiny_encode_decode_shapes_and_errors(tiny):
         tok.encode(images, feats[:, :8])
     with pytest.raises(ValueError, match="px"):
         tok.latent_shape(48)
-    with pytest.raises(ValueError, match="unknown FAE config"):
+    with pytest.raises(ValueError, match="unknown FAE option"):
         build_backbone("fae", "tiny", not_a_field=1)
 
 
@@ -207,7 +207,7 @@ def test_tiny_backbone_generator_and_sampling(tiny):
     gens = sample_generators(0, range(4))
     noise = randn_per_sample(gens, tok.latent_shape(32))
     imgs = bb.sample_images(labels[:4], noise, gens, steps=4)
-    assert imgs.shape == (4, 3, 32, 32) and torch.isfinite(imgs).all() and imgs.abs().max() <= 1
+    assert imgs.shape == (4, 3, 32, 32) and torch.isfinite(imgs).all()
     again = bb.sample_images(labels[:4], noise, gens, steps=4)
     torch.testing.assert_close(imgs, again)
 

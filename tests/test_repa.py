@@ -41,7 +41,7 @@ def test_repa_tiny_backbone_trains_and_samples():
     torch.manual_seed(0)
     bb = build_backbone("tiny", num_classes=4, image_size=32)
     c, h, w = bb.tokenizer.latent_shape(32)
-    assert (c, h, w) == (4, 8, 8) and bb.recipe.sampler["guidance"] == 1.8
+    assert (c, h, w) == (4, 8, 8) and bb.recipe.sampler.guidance == 1.8
     gen = bb.generator
     lat = torch.randn(8, c, h, w)
     feats = bb.features(torch.rand(8, 3, 32, 32) * 2 - 1)
@@ -55,4 +55,4 @@ def test_repa_tiny_backbone_trains_and_samples():
         first = first if first is not None else float(parts["proj"])
     assert float(parts["proj"]) < first  # the alignment term is being optimised
     x = bb.sample_images(torch.tensor([0, 1]), torch.randn(2, c, h, w), None, mode="ode", steps=3)
-    assert x.shape == (2, 3, 32, 32) and bool(x.abs().le(1).all())
+    assert x.shape == (2, 3, 32, 32) and bool(torch.isfinite(x).all())  # decoded, not clamped

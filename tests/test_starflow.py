@@ -153,7 +153,7 @@ def test_wrapper_trains_and_samples():
     assert gen.nfe() == 3 * T + 1 + 2
     assert gen.nfe(guidance=1.5, denoise=False) == 2 * (T + 1) + 2 * T
     assert gen.nfe(mode="jacobi", jacobi_block=8, jacobi_max_iters=4, denoise=False) == 3 * 2 * 4 + 1
-    with pytest.raises(ValueError, match="unknown STARFlow sampler"):
+    with pytest.raises(ValueError, match="unknown autoregressive-flow sampler option"):
         gen.sample(labels, noise, steps=3)
 
 
@@ -163,7 +163,7 @@ def test_registry_backbone_builds():
 
     bb = build_backbone("starflow", "tiny", num_classes=8, image_size=32)
     assert bb.tokenizer.latent_shape(32) == (4, 8, 8)
-    assert bb.generator.model.txt_dim == 9 and bb.recipe.sampler["mode"] == "jacobi"
+    assert bb.generator.model.txt_dim == 9 and bb.recipe.sampler.mode == "jacobi"
     with pytest.raises(ValueError, match="vae_folder"):
         build_backbone("starflow", "1.4B")
     with pytest.raises(ValueError, match="text-to-image"):

@@ -156,7 +156,7 @@ def test_wrapper_trains_and_samples():
         assert torch.equal(out, again)
     assert gen.nfe() == 2 * 15 + 2 and gen.last_sample_stats.wall_s > 0
     assert gen.nfe(guidance=1.0, denoise=False) == 2 * 2 * 15
-    with pytest.raises(ValueError, match="unknown TARFlow sampler"):
+    with pytest.raises(ValueError, match="unknown autoregressive-flow sampler option.*known: guidance"):
         gen.sample(labels, noise, steps=10)
     with pytest.raises(ValueError, match="labels"):
         gen.sample(torch.tensor([8, 0, 1]), noise)

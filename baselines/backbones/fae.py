@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from baselines.api import Backbone, Recipe
+from baselines.api import Backbone, FlowMatchingSampler, Recipe
 from baselines.fae import FAEConfig, FAETokenizer
+from bench.errors import OptionError
 
 GUIDANCE_SCHEDULE = ((0.9, 1.0, 0.9), (0.0, 0.7, 2.5))  # (t_lo, t_hi, scale), t = 1 noise; 1.0 elsewhere
 PAPER_TIMESTEP_SHIFT = 0.4  # LightningDiT form (t = 0 noise); = shift_time 1 / 0.4 with t = 1 noise
@@ -26,7 +27,7 @@ PAPER_RECIPE = Recipe(
     grad_clip=None,
     label_drop=0.1,
     mixed_precision="bf16",
-    sampler=dict(
+    sampler=FlowMatchingSampler(
         mode="ode", steps=250, guidance_schedule=GUIDANCE_SCHEDULE, time_shift=1 / PAPER_TIMESTEP_SHIFT
     ),
     stage1_epochs=16,
@@ -38,7 +39,7 @@ PAPER_RECIPE = Recipe(
     "AdamW (0.9, 0.999), lr 1e-4. Ours (paper silent): EMA 0.9999, no grad clip, bf16, stage-1 epochs 16, constant "
     "stage-1 lr (the paper's cosine + 1000 warmup steps has no Recipe field)",
 )
-SDE_SAMPLER = dict(
+SDE_SAMPLER = FlowMatchingSampler(
     mode="sde", steps=250, guidance=1.0, time_shift=1 / PAPER_TIMESTEP_SHIFT
 )  # no-CFG alternative
 
@@ -73,7 +74,7 @@ def _generator_net(
                   hidden_size=size["hidden_size"], decoder_hidden_size=size["hidden_size"], depth=size["depth"],
                   num_heads=size["num_heads"], mlp_ratio=size["mlp_ratio"], encoder_depth=1, z_dims=(8,), projector_dim=16)  # fmt: skip
         return net, "noise_at_1"
-    raise ValueError(f"unknown FAE generator {arch!r}; expected 'lightningdit' or 'sit'")
+    raise OptionError(f"unknown FAE generator {arch!r}; known: lightningdit, sit")
 
 
 def build_backbone(
@@ -94,6 +95,11 @@ def build_backbone(
     from baselines.encoders import build_encoder
     from baselines.transport import FlowMatchingGenerator
 
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(FAEConfig)})
+    if unknown:
+        known = ["num_classes", "image_size", "latent_dim", "encoder_weights", "generator", "device"]
+        known += [f.name for f in dataclasses.fields(FAEConfig)]
+        raise OptionError(f"unknown fae build option(s) {', '.join(unknown)}; known: {', '.join(known)}")
     overrides = {k: v for k, v in options.items() if v is not None}
     if latent_dim is not None:
         overrides["latent_dim"] = latent_dim
@@ -150,4 +156,5 @@ def build_backbone(
         recipe=recipe,
         encoder=encoder,
         notes=notes,
+        protocols={"paper": recipe.sampler, "common": recipe.sampler},  # FAE guides all channels
     )

@@ -10,9 +10,10 @@ t <= 0.7 (guides all channels).
 
 from __future__ import annotations
 
-from baselines.api import Backbone, OptionError, Recipe
+from baselines.api import Backbone, FlowMatchingSampler, Recipe
 from baselines.sit import SiT, SiT_configs
 from baselines.transport import FlowMatchingGenerator
+from bench.errors import OptionError
 
 PAPER_RECIPE = Recipe(
     lr=1e-4,
@@ -25,7 +26,7 @@ PAPER_RECIPE = Recipe(
     grad_clip=1.0,
     label_drop=0.1,
     mixed_precision="fp16",
-    sampler=dict(mode="sde", steps=250, guidance=1.8, guidance_interval=(0.0, 0.7)),
+    sampler=FlowMatchingSampler(mode="sde", steps=250, guidance=1.8, guidance_interval=(0.0, 0.7)),
     source="sihyun-yu/REPA train.py defaults, README (SiT-XL/2, 4M iterations ~ 800 epochs), generate.py (cfg 1.8, guidance_high 0.7, SDE 250)",
 )
 
@@ -45,7 +46,6 @@ def build_backbone(
     image_size: int | None = None,
     sd_vae: str | None = None,
     encoder_weights: str | None = None,
-    **_,
 ) -> Backbone:
     from baselines.autoencoder import SDVAETokenizer, sd_vae_standin
     from baselines.encoders import build_encoder
@@ -87,6 +87,7 @@ def build_backbone(
         generator=generator,
         recipe=PAPER_RECIPE,
         encoder=encoder,
+        protocols={"paper": PAPER_RECIPE.sampler, "common": PAPER_RECIPE.sampler},  # REPA guides all channels
         notes={
             "guidance": "CFG on all channels, interval t <= 0.7 (t=1 noise)",
             "alignment": f"block {cfg['encoder_depth']}, coefficient 0.5",

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from baselines.api import Backbone, Recipe
+from baselines.api import Backbone, FlowSampler, Recipe
 from baselines.flows import DecodeStats, FlowGenerator, check_labels
 from baselines.starflow import LATENT_NORM_REG, IdentityBlock, StarFlow, StarFlow_models
+from bench.errors import OptionError
 
 
 class StarFlowGenerator(FlowGenerator):
@@ -35,8 +36,6 @@ class StarFlowGenerator(FlowGenerator):
     """
 
     NAME = "STARFlow"
-    SAMPLER_DEFAULTS = dict(guidance=0.0, attn_temp=1.0, mode="sequential", jacobi_block=16, jacobi_tol=1e-3,
-                            jacobi_max_iters=32, denoise=True, denoise_lr=1.0)  # fmt: skip
 
     def __init__(
         self,
@@ -77,18 +76,26 @@ class StarFlowGenerator(FlowGenerator):
         check_labels(labels, self.num_classes)
         return self.condition(labels)
 
-    def _reverse(self, noise, cond, o, stats):
-        if o["guidance"] > 0:  # conditional rows, then the null caption's rows
+    def settings(self, settings=None, **overrides) -> FlowSampler:
+        s = super().settings(settings, **overrides)
+        if s.guide_what != "ab" or s.annealed_guidance:
+            raise OptionError(
+                "STARFlow guidance has no guide_what / annealed_guidance (TARFlow sampler options)"
+            )
+        return s
+
+    def _reverse(self, noise, cond, s: FlowSampler, stats):
+        if s.guidance > 0:  # conditional rows, then the null caption's rows
             null = torch.full((cond.shape[0],), self.num_classes, dtype=torch.long, device=cond.device)
             cond = torch.cat([cond, self.condition(null)])
-        return self.model.reverse(noise.float(), cond, o["guidance"], o["attn_temp"], mode=o["mode"],
-                                  jacobi_block=o["jacobi_block"], jacobi_tol=o["jacobi_tol"],
-                                  jacobi_max_iters=o["jacobi_max_iters"], stats=stats)  # fmt: skip
+        return self.model.reverse(noise.float(), cond, s.guidance, s.attn_temp, mode=s.mode,
+                                  jacobi_block=s.jacobi_block, jacobi_tol=s.jacobi_tol,
+                                  jacobi_max_iters=s.jacobi_max_iters, stats=stats)  # fmt: skip
 
-    def _measured_cost(self, stats: list[DecodeStats], o):
+    def _measured_cost(self, stats: list[DecodeStats], s: FlowSampler):
         m = self.model
-        flops = sum((s.tokens + s.prefix_tokens) * s.rows * m.block_flops_per_token(s.block) for s in stats)
-        calls = sum((s.passes + (1 if s.prefix_tokens else 0)) * s.rows for s in stats)
+        flops = sum((b.tokens + b.prefix_tokens) * b.rows * m.block_flops_per_token(b.block) for b in stats)
+        calls = sum((b.passes + (1 if b.prefix_tokens else 0)) * b.rows for b in stats)
         return calls, flops / m.flops_per_image()
 
     @property
@@ -96,8 +103,8 @@ class StarFlowGenerator(FlowGenerator):
         m = self.model
         return m.num_patches if m.use_sos else m.num_patches - 1
 
-    def _block_calls(self, per_block, o):
-        m, total, guided = self.model, 0, o["guidance"] > 0
+    def _block_calls(self, per_block, s: FlowSampler):
+        m, total, guided = self.model, 0, s.guidance > 0
         for i, block in enumerate(m.blocks):
             if isinstance(block, IdentityBlock):
                 continue
@@ -149,6 +156,49 @@ SOURCE = (
 )
 
 
+# The released image sampler (scripts/test_sample_image.sh + sample.py): Jacobi, block 16, tol 1e-3, 32 iterations,
+# one self-denoising step (lr 1); guidance weight 2.5 from the 3B config (ImageNet's is not released).
+PAPER_SAMPLER = FlowSampler(guidance=2.5, mode="jacobi", jacobi_block=16, jacobi_tol=1e-3, jacobi_max_iters=32,
+                            denoise=True, denoise_lr=1.0)  # fmt: skip
+
+RECIPES: dict[str, Recipe] = {
+    "tiny": Recipe(
+        lr=1e-3,
+        betas=(0.9, 0.95),
+        weight_decay=1e-4,
+        batch_size=64,
+        epochs=20,
+        lr_schedule="cosine",
+        warmup_steps=20,
+        min_lr=1e-6,
+        ema_decay=0.0,
+        grad_clip=None,
+        label_drop=0.1,
+        sampler=PAPER_SAMPLER,
+        stage1_epochs=10,
+        source=SOURCE,
+    ),
+    "1.4B": Recipe(
+        lr=6.4e-5,
+        betas=(0.9, 0.95),
+        weight_decay=1e-4,
+        batch_size=1024,
+        epochs=400,
+        lr_schedule="cosine",
+        warmup_steps=0,
+        min_lr=1e-6,
+        ema_decay=0.0,
+        grad_clip=None,
+        label_drop=0.1,
+        mixed_precision="bf16",
+        sampler=PAPER_SAMPLER,
+        source=SOURCE + " warmup_steps=0 here stands for 'one epoch'.",
+    ),
+}
+
+NOTES = {"space": "latent", "guidance_in": "deep block only"}
+
+
 def build_backbone(
     preset: str = "tiny",
     *,
@@ -156,19 +206,16 @@ def build_backbone(
     image_size: int | None = None,
     vae_folder: str | Path | None = None,
     noise_std: float = 0.3,
-    **options: Any,
 ) -> Backbone:
-    """tiny: trainable KLTokenizer('tiny-f4') (stage 1 on the embedded suites) +
-    STARFlow on its 8x8x4 latents. 1.4B: frozen SD-VAE ft-EMA from a local diffusers folder (`vae_folder`)."""
+    """tiny: trainable KLTokenizer('tiny-f4') (stage 1 on the embedded suites) + STARFlow on its 8x8x4 latents.
+    1.4B: frozen SD-VAE ft-EMA from a local diffusers folder (`vae_folder`)."""
     from baselines import autoencoder
 
-    if options:
-        raise ValueError(f"unknown STARFlow backbone option(s) {sorted(options)}")
     if preset not in PRESETS:
-        raise ValueError(f"unknown STARFlow preset {preset!r}; known: {', '.join(PRESETS)}")
+        raise OptionError(f"unknown STARFlow preset {preset!r}; known: {', '.join(PRESETS)}")
     spec = PRESETS[preset]
     if spec["classes"] is None:
-        raise ValueError(
+        raise OptionError(
             f"STARFlow preset {preset!r} is text-to-image; use StarFlow_models[{preset!r}] for its network "
             "(class-conditional backbones: tiny, 1.4B)"
         )
@@ -178,61 +225,23 @@ def build_backbone(
         tokenizer = autoencoder.sd_vae_standin("tiny-f4")
     else:
         if vae_folder is None:
-            raise ValueError(
+            raise OptionError(
                 f"STARFlow preset {preset!r} needs vae_folder=<local diffusers stabilityai/sd-vae-ft-ema folder>"
             )
         tokenizer = autoencoder.SDVAETokenizer(vae_folder)
     C, h, _ = tokenizer.latent_shape(image_size)
     model = StarFlow_models[spec["model"]](in_channels=C, img_size=h, txt_dim=K + 1)
     gen = StarFlowGenerator(model, K, noise_std=noise_std, label_drop=0.1)
-    sampler = dict(
-        guidance=2.5,
-        mode="jacobi",
-        jacobi_block=16,
-        jacobi_tol=1e-3,
-        jacobi_max_iters=32,
-        denoise=True,
-        denoise_lr=1.0,
-    )
-    if preset == "tiny":
-        recipe = Recipe(
-            lr=1e-3,
-            betas=(0.9, 0.95),
-            weight_decay=1e-4,
-            batch_size=64,
-            epochs=20,
-            lr_schedule="cosine",
-            warmup_steps=20,
-            min_lr=1e-6,
-            ema_decay=0.0,
-            grad_clip=None,
-            label_drop=0.1,
-            sampler=sampler,
-            stage1_epochs=10,
-            source=SOURCE,
-        )
-    else:
-        recipe = Recipe(
-            lr=6.4e-5,
-            betas=(0.9, 0.95),
-            weight_decay=1e-4,
-            batch_size=1024,
-            epochs=400,
-            lr_schedule="cosine",
-            warmup_steps=0,
-            min_lr=1e-6,
-            ema_decay=0.0,
-            grad_clip=None,
-            label_drop=0.1,
-            mixed_precision="bf16",
-            sampler=sampler,
-            source=SOURCE + " warmup_steps=0 here stands for 'one epoch'.",
-        )
+    recipe = RECIPES[preset]
     return Backbone(
         name="starflow",
         family="normalizing_flow",
         tokenizer=tokenizer,
         generator=gen,
         recipe=recipe,
-        notes={"space": "latent", "noise_std": noise_std, "preset": preset, "guidance_in": "deep block only"},
+        notes={**NOTES, "noise_std": noise_std, "preset": preset},
+        protocols={
+            "paper": recipe.sampler,
+            "common": recipe.sampler,
+        },  # a flow's common protocol: its paper sampler
     )

@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
-from baselines.api import Backbone, Recipe, Tokenizer
+from baselines.api import Backbone, FlowSampler, Recipe, Tokenizer
 from baselines.flows import DecodeStats, FlowGenerator, check_labels
 from baselines.tarflow import TarFlow, TarFlow_models
+from bench.errors import OptionError
 
 
 class PixelTokenizer(Tokenizer):
@@ -49,9 +50,6 @@ class TarFlowGenerator(FlowGenerator):
     """
 
     NAME = "TARFlow"
-    SAMPLER_DEFAULTS = dict(guidance=0.0, guide_what="ab", attn_temp=1.0, annealed_guidance=False,
-                            mode="sequential", jacobi_block=16, jacobi_tol=1e-3, jacobi_max_iters=32,
-                            denoise=True, denoise_lr=1.0)  # fmt: skip
     null_label = -1  # the mean class embedding
 
     def __init__(self, model: TarFlow, noise_std: float = 0.05, label_drop: float = 0.1):
@@ -73,25 +71,25 @@ class TarFlowGenerator(FlowGenerator):
     def _condition(self, labels):
         return self._labels(labels)
 
-    def _reverse(self, noise, cond, o, stats):
+    def _reverse(self, noise, cond, s: FlowSampler, stats):
         m = self.model
-        return m.reverse(m.patchify(noise.float()), cond, o["guidance"], o["guide_what"], o["attn_temp"],
-                         o["annealed_guidance"], mode=o["mode"], jacobi_block=o["jacobi_block"],
-                         jacobi_tol=o["jacobi_tol"], jacobi_max_iters=o["jacobi_max_iters"], stats=stats)  # fmt: skip
+        return m.reverse(m.patchify(noise.float()), cond, s.guidance, s.guide_what, s.attn_temp, s.annealed_guidance,
+                         mode=s.mode, jacobi_block=s.jacobi_block, jacobi_tol=s.jacobi_tol,
+                         jacobi_max_iters=s.jacobi_max_iters, stats=stats)  # fmt: skip
 
-    def _measured_cost(self, stats: list[DecodeStats], o):
+    def _measured_cost(self, stats: list[DecodeStats], s: FlowSampler):
         m = self.model
-        fwd = sum(s.tokens * s.rows for s in stats) / (len(m.blocks) * m.num_patches)
-        if o["mode"] == "sequential":
-            return self._block_calls(self._targets, o), fwd
-        return sum(s.passes * s.rows for s in stats), fwd
+        fwd = sum(b.tokens * b.rows for b in stats) / (len(m.blocks) * m.num_patches)
+        if s.mode == "sequential":
+            return self._block_calls(self._targets, s), fwd
+        return sum(b.passes * b.rows for b in stats), fwd
 
     @property
     def _targets(self) -> int:
         return self.model.num_patches - 1  # token 0 passes unchanged
 
-    def _block_calls(self, per_block, o):
-        return len(self.model.blocks) * per_block * (2 if o["guidance"] > 0 else 1)
+    def _block_calls(self, per_block, s: FlowSampler):
+        return len(self.model.blocks) * per_block * (2 if s.guidance > 0 else 1)
 
     def _eval_batch(self, x, labels, g):
         """Exact likelihood on held-out pixels in [-1, 1] (8-bit images), conditional on the labels.
@@ -150,7 +148,7 @@ def recipe(preset: str) -> Recipe:
             ema_decay=0.0,
             grad_clip=None,
             label_drop=0.1,
-            sampler=dict(
+            sampler=FlowSampler(
                 guidance=2.3,
                 annealed_guidance=True,
                 attn_temp=1.0,
@@ -174,7 +172,7 @@ def recipe(preset: str) -> Recipe:
         grad_clip=None,
         label_drop=0.1,
         mixed_precision="bf16",
-        sampler=dict(
+        sampler=FlowSampler(
             guidance=2.3 if preset == "imagenet64" else 0.0,
             annealed_guidance=True,
             attn_temp=1.0,
@@ -192,13 +190,10 @@ def build_backbone(
     num_classes: int | None = None,
     image_size: int | None = None,
     noise_std: float | None = None,
-    **options: Any,
 ) -> Backbone:
     """PixelTokenizer + TarFlowGenerator + the official recipe."""
-    if options:
-        raise ValueError(f"unknown TARFlow backbone option(s) {sorted(options)}")
     if preset not in PRESETS:
-        raise ValueError(f"unknown TARFlow preset {preset!r}; known: {', '.join(PRESETS)}")
+        raise OptionError(f"unknown TARFlow preset {preset!r}; known: {', '.join(PRESETS)}")
     spec = PRESETS[preset]
     over = {}
     if num_classes is not None:
@@ -207,11 +202,13 @@ def build_backbone(
         over["img_size"] = image_size
     model = TarFlow_models[spec["model"]](**over)
     gen = TarFlowGenerator(model, spec["noise_std"] if noise_std is None else noise_std, label_drop=0.1)
+    r = recipe(preset)
     return Backbone(
         name="tarflow",
         family="normalizing_flow",
         tokenizer=PixelTokenizer(),
         generator=gen,
-        recipe=recipe(preset),
+        recipe=r,
         notes={"space": "pixel", "noise_std": gen.noise_std, "preset": preset},
+        protocols={"paper": r.sampler, "common": r.sampler},  # a flow's common protocol: its paper sampler
     )

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from baselines.api import Backbone, Recipe
+from baselines.api import Backbone, FlowMatchingSampler, Recipe
 from baselines.vavae import VAVAE_CONFIGS, VAVAETokenizer
+from bench.errors import OptionError
 
 # Official time shift: the released sampler integrates t = 0 (noise) -> 1 on linspace(0, 1, 250) mapped by
 # t' = s t / (1 + (s - 1) t) with s = 0.3 (transport/integrators.py). In the common t = 1-noise convention
@@ -27,17 +27,16 @@ PRESETS = {
 
 def paper_recipe(release: str = "800ep", official_cfg_quirk: bool = False) -> Recipe:
     if release not in RELEASES:
-        raise ValueError(f"unknown LightningDiT release {release!r}; known: {', '.join(RELEASES)}")
+        raise OptionError(f"unknown LightningDiT release {release!r}; known: {', '.join(RELEASES)}")
     r = RELEASES[release]
-    sampler = dict(
+    sampler = FlowMatchingSampler(
         mode="ode",
         steps=249,  # num_sampling_steps 250 = 250 grid points of torchdiffeq's fixed-grid Euler = 249 steps
         time_shift=1.0 / OFFICIAL_TIMESTEP_SHIFT,
         guidance=r["guidance"],
         guidance_interval=(0.0, 1.0 - r["cfg_interval_start"]),
+        guidance_channels=3 if official_cfg_quirk else None,
     )
-    if official_cfg_quirk:
-        sampler["guidance_channels"] = 3
     return Recipe(
         lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0, batch_size=1024, epochs=r["epochs"], lr_schedule="constant",
         ema_decay=0.9999, grad_clip=None, label_drop=0.1, mixed_precision="bf16", sampler=sampler,
@@ -52,7 +51,7 @@ def paper_recipe(release: str = "800ep", official_cfg_quirk: bool = False) -> Re
 def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, image_size: int | None = None,
                    release: str = "800ep", official_cfg_quirk: bool = False, vavae_ckpt: str | None = None,
                    latent_stats: str | None = None, encoder_weights: str | None = None,
-                   perceptual: str = "auto", vgg_path: str | None = None, **_: Any) -> Backbone:  # fmt: skip
+                   perceptual: str = "auto", vgg_path: str | None = None) -> Backbone:  # fmt: skip
     """`vavae_lightningdit`. tiny: VA-VAE tiny (32 px -> 8x8x8) aligned to the stand-in encoder + LightningDiT
     tiny. XL/1: VA-VAE f16d32 (`vavae_ckpt`/`latent_stats` load the release; DINOv2 ViT-L/14 is built only when
     `encoder_weights` or $GENBENCH_WEIGHTS is given) + LightningDiT-XL/1."""
@@ -61,7 +60,7 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
     from baselines.transport import FlowMatchingGenerator
 
     if preset not in PRESETS:
-        raise ValueError(f"unknown vavae_lightningdit preset {preset!r}; known: {', '.join(PRESETS)}")
+        raise OptionError(f"unknown vavae_lightningdit preset {preset!r}; known: {', '.join(PRESETS)}")
     p = PRESETS[preset]
     num_classes = num_classes or p["num_classes"]
     image_size = image_size or p["image_size"]
@@ -100,6 +99,11 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
         generator=generator,
         recipe=recipe,
         encoder=encoder,
+        # paper: the release's sampler with its quirk (CFG on latent channels 0-2 only); common: CFG on all channels
+        protocols={
+            "paper": recipe.sampler.replace(guidance_channels=3),
+            "common": recipe.sampler.replace(guidance_channels=None),
+        },  # fmt: skip
         notes={
             "guidance": guidance_note,
             "guidance_interval": f"released {release}: cfg {RELEASES[release]['guidance']}, on for t <= "
