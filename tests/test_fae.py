@@ -127,7 +127,7 @@ def test_tiny_encode_decode_shapes_and_errors(tiny):
         tok.encode(images, feats[:, :8])
     with pytest.raises(ValueError, match="px"):
         tok.latent_shape(48)
-    with pytest.raises(ValueError, match="unknown FAE option"):
+    with pytest.raises(ValueError, match="unknown fae build option.*known: num_classes"):
         build_backbone("fae", "tiny", not_a_field=1)
 
 
