@@ -260,9 +260,8 @@ class BackboneRun:
 
         s, r = self.suite, self.bb.recipe
         nfe = self.bb.generator.nfe(r.sampler)
-        d = self.bb.generator.describe(
-            r.sampler
-        )  # sampler name, steps, guidance scale (1 = off) for every family
+        # sampler name, steps, guidance scale (1 = off) in one convention for every family
+        d = self.bb.generator.describe(r.sampler)
         fields = dict(epoch=epoch, step=step, images_seen=seen, train_flops=train_flops, n_samples=s.n_eval_samples,
                       sampler=d["sampler"], steps=d["steps"], nfe=nfe, guidance=d["guidance"])  # fmt: skip
         out = generate(self._eval_backbone(), s.n_eval_samples, s.num_classes, self.seed, s.image_size, batch_size=s.sample_batch_size,
