@@ -361,9 +361,7 @@ class Recipe:
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise OptionError(
-                f"unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-            )
+            raise OptionError(f"unknown recipe field(s) {unknown}; known: {sorted(names)}")
         new = overrides.get("sampler")
         if isinstance(new, dict):  # merge, validated, so a suite can change one sampler knob
             if self.sampler is None:
