@@ -17,6 +17,8 @@ import torch
 from baselines.api import Backbone, build_backbone, sample_seed
 from bench.checkpoints import checkpoint_ok, load_checkpoint, save_checkpoint
 from bench.data import embedded_images, to_model_range
+from bench.floors import tokenizer_floor
+from bench.grids import record_evaluation
 from bench.progress import Progress, log
 from bench.store import RunStore
 
@@ -267,6 +269,7 @@ class BackboneRun:
         out = generate(self._eval_backbone(), s.n_eval_samples, s.num_classes, self.seed, s.image_size, batch_size=s.sample_batch_size,
                        device=self.device, desc=f"[{self.name}] sample epoch {epoch}")  # fmt: skip
         self.store.log_metric(self.name, "eval", "n_nonfinite", out["n_nonfinite"], **fields)
+        record_evaluation(self, epoch, out)  # grid PNG + samples npz
         try:
             metrics = score(out["images"], self.reference, self.extractor, s.metrics, out["n_nonfinite"])
         except ValueError as e:
@@ -328,6 +331,7 @@ class BackboneRun:
     def run(self) -> None:
         t0 = time.perf_counter()
         self.train_tokenizer()
+        tokenizer_floor(self)  # rFID/PSNR floor rows (bench/floors.py)
         self.train_generator()
         if (
             self.suite.linear_probe
