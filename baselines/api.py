@@ -423,6 +423,7 @@ class Backbone:
 # returns a Backbone. Import is lazy so a broken family cannot break the others' import.
 BACKBONES: dict[str, str] = {
     "repa": "baselines.backbones.repa:build_backbone",
+    "sit": "baselines.backbones.sit:build_backbone",  # REPA without the alignment loss (its speed-up's reference)
     "vavae_lightningdit": "baselines.backbones.vavae_lightningdit:build_backbone",
     "fae": "baselines.backbones.fae:build_backbone",
     "starflow": "baselines.backbones.starflow:build_backbone",

@@ -111,3 +111,22 @@ def test_grids_and_npz_of_an_evaluation_are_reproducible(tmp_path):
         w, h = Image.open(png).size
         assert (w, h) == (8 * (32 + PAD) + PAD, 4 * (32 + PAD) + PAD)  # 4 classes x 3 samples, 8 columns
     assert pngs[0] == pngs[1]
+
+
+def test_sit_is_repa_without_the_alignment_loss():
+    sit, repa = _tiny("sit"), _tiny("repa")
+    assert sit.encoder is None and not sit.generator.needs_features and repa.generator.needs_features
+    assert len(sit.generator.net.projectors) == 0
+    assert sit.tokenizer.shared_key == repa.tokenizer.shared_key  # one stage-1 tokenizer for both
+    assert sit.recipe.replace(source="") == repa.recipe.replace(source="")
+    missing = repa.generator.net.load_state_dict(sit.generator.net.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("projectors.") for k in missing)  # the same SiT otherwise
+    c, h, w = sit.tokenizer.latent_shape(SUITE.image_size)
+    z, y = torch.randn(6, c, h, w), torch.arange(6) % SUITE.num_classes
+    feats = repa.features(torch.zeros(6, 3, SUITE.image_size, SUITE.image_size))
+    draws = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    a = sit.generator.train().loss(z, y, None, generator=draws())
+    b = repa.generator.train().loss(z, y, feats, generator=draws())
+    assert set(a) == {"denoise", "loss"} and "proj" in b
+    torch.testing.assert_close(a["loss"], b["denoise"], rtol=0, atol=0)
+    assert float(b["loss"].detach()) != float(a["loss"].detach())
