@@ -49,3 +49,15 @@ def test_every_page_renders(built, tmp_path):  # noqa: F811
     assert browser.render_record(browser.dump_dom(toy, "#sort=leaderboard:4:desc"))["first"] == "starflow"
     index = browser.dump_dom(built / "index.html")
     assert "toy/index.html" in index and "boot/index.html" in index and 'data-render="js=1' in index
+
+
+def test_committed_pages_render():
+    """The committed reports (reports/<suite>/index.html) render offline: script ran, every image decoded."""
+    from pathlib import Path
+
+    pages = sorted((Path(__file__).resolve().parents[1] / "reports").glob("*/index.html"))
+    assert pages, "no committed report pages"
+    for page in pages:
+        rec = browser.render_record(browser.dump_dom(page))
+        assert rec.get("js") == "1" and int(rec["rows"]) > 0, (page, rec)
+        assert int(rec["images"]) >= 4 and rec["loaded"] == rec["images"], (page, rec)
