@@ -149,6 +149,15 @@ def autoregressive_decode(
     return u
 
 
+def score_step(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, step: float) -> torch.Tensor:
+    """x - step * d loss(x) / dx: the flows' self-denoising (one Tweedie step x + sigma^2 grad log p(x) when loss
+    is the per-dimension NLL mean and step = lr * numel(x) * sigma^2; each caller keeps its release's product order)."""
+    with torch.enable_grad():
+        x = x.detach().clone().requires_grad_(True)
+        grad = torch.autograd.grad(loss(x), [x])[0]
+    return (x - step * grad).detach()
+
+
 def jacobi_worst_passes(n: int, block: int, max_iters: int) -> int:
     """Sequential network calls of block-wise Jacobi over n targets in the worst case (no early convergence)."""
     full, rest = divmod(n, int(block))

@@ -25,7 +25,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from baselines import ops
-from baselines.flows import AttentionBlock, DecodeStats, KVCache, autoregressive_decode, check_decode_options
+from baselines.flows import (
+    AttentionBlock,
+    DecodeStats,
+    KVCache,
+    autoregressive_decode,
+    check_decode_options,
+    score_step,
+)
 from baselines.layers import UnitOffsetRMSNorm, starflow_rope_angles
 
 INV_SOFTPLUS_1 = 0.541324854612918  # softplus(0 + INV_SOFTPLUS_1) = 1
@@ -458,11 +465,12 @@ class StarFlow(nn.Module):
     ) -> torch.Tensor:
         """Official utils.inference.self_denoise: x - lr * noise_std^2 * numel(x) * d loss_flow / dx, i.e. one
         Tweedie step x + noise_std^2 grad log p(x|y) per sample (lr = 1, the optimal step)."""
-        with torch.enable_grad():
-            x = x.detach().clone().requires_grad_(True)
-            z, _, _, logdets = self(x, y)
-            grad = torch.autograd.grad(self.get_loss(z, logdets)["loss"], [x])[0]
-        return (x - (lr * noise_std**2 * x.numel()) * grad).detach()
+
+        def loss(v: torch.Tensor) -> torch.Tensor:
+            z, _, _, logdets = self(v, y)
+            return self.get_loss(z, logdets)["loss"]
+
+        return score_step(loss, x, lr * noise_std**2 * x.numel())
 
     # --- cost model ----------------------------------------------------------------------------------------
     def block_flops_per_token(self, i: int) -> float:

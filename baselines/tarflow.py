@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines import ops
-from baselines.flows import AttentionBlock, DecodeStats, KVCache, autoregressive_decode, check_decode_options
+from baselines.flows import (
+    AttentionBlock,
+    DecodeStats,
+    KVCache,
+    autoregressive_decode,
+    check_decode_options,
+    score_step,
+)
 
 
 class MetaBlock(nn.Module):
@@ -285,11 +292,12 @@ class TarFlow(nn.Module):
         """Score-based self-denoising (official evaluate_fid.py): x - lr * numel(x) * noise_std^2 * d loss / dx.
         The loss averages over all B*T*D entries, so this is one Tweedie step x + noise_std^2 grad log p(x|y) per
         sample (lr = 1 is the theoretically optimal step)."""
-        with torch.enable_grad():
-            x = x.detach().clone().requires_grad_(True)
-            z, _, logdets = self(x, y)
-            grad = torch.autograd.grad(self.get_loss(z, logdets), [x])[0]
-        return (x - (lr * x.numel() * noise_std**2) * grad).detach()
+
+        def loss(v: torch.Tensor) -> torch.Tensor:
+            z, _, logdets = self(v, y)
+            return self.get_loss(z, logdets)
+
+        return score_step(loss, x, lr * x.numel() * noise_std**2)
 
     # --- cost model ----------------------------------------------------------------------------------------
     def block_flops_per_token(self) -> float:

@@ -149,7 +149,7 @@ def test_weights_found_through_genbench_weights(tmp_path, monkeypatch, weights):
 
 def test_invoke_fid_subprocess(tmp_path, weights, images):
     tasks = REPO / "tasks.py"
-    if not tasks.is_file() or "def fid" not in tasks.read_text():
+    if not tasks.is_file() or "fid" not in tasks.read_text():
         pytest.skip("tasks.py has no `fid` task yet")
     real, fake, _ = images
     s = write_samples_npz(tmp_path / "s.npz", fake[:2])

@@ -10,7 +10,7 @@ from baselines import parity, starflow
 from baselines.api import Backbone, Recipe, sample_generators
 from baselines.backbones.starflow import StarFlowGenerator
 from baselines.backbones.tarflow import PixelTokenizer
-from baselines.flow_sizes import preset_sizes
+from bench.studies.sizes import preset_sizes
 
 
 def _golden_model(case_dir):

@@ -1,99 +1,37 @@
-"""Commands for the flow families (STARFlow, TARFlow).
+"""Sequential vs block-wise Jacobi decoding of the flows: `invoke jacobi-bench` (writes reports/starflow/).
 
-    python -m baselines.flow_sizes sizes          # parameter counts of every preset, built on the meta device
-    python -m baselines.flow_sizes jacobi-bench   # sequential vs block-wise Jacobi sampling -> reports/starflow/
-
-(`python -m baselines.starflow ...` runs the same commands.)
-
-jacobi-bench measures, for each model: the agreement of Jacobi at tolerance 0 and at the default tolerance with
-exact sequential sampling, wall time (best of --repeats), NFE (sequential network calls of one flow block; a CFG
-pair counts 2, a prefix pass 1) and FLOP-weighted forward equivalents. Models: the golden parity cases (random
-weights by construction), and tiny TARFlow / STARFlow presets trained here for --train-steps on the embedded
-photo crops (a freshly initialised flow is the identity map, on which Jacobi converges trivially). The tiny
-STARFlow is trained on a stand-in latent (4x4 average-pooled pixels, 8x8x3) so the bench needs no autoencoder;
---starflow-checkpoint takes a real smoke-run generator state_dict (tiny preset on 8x8x4 KL latents) instead.
-With --smoke-run RUN_DIR (a finished `invoke bench --suite smoke` run holding starflow/ and tarflow/ checkpoints)
-it also samples 256 images per mode from the trained EMA and raw generators with the recipe's sampler and reports
-FID with the suite's extractor: the FID change caused by Jacobi decoding.
+For each model: the agreement of Jacobi at tolerance 0 and at the default tolerance with exact sequential
+sampling, wall time (best of --repeats), NFE (sequential network calls of one flow block; a CFG pair counts 2, a
+prefix pass 1) and FLOP-weighted forward equivalents. Models: the golden parity cases (random weights by
+construction; found and loaded with `baselines.parity.golden_root/load_case`), and tiny TARFlow / STARFlow presets
+trained here for `train_steps` on the embedded photo crops (a freshly initialised flow is the identity map, on which
+Jacobi converges trivially). The tiny STARFlow is trained on a stand-in latent (4x4 average-pooled pixels, 8x8x3)
+so the bench needs no autoencoder; `starflow_checkpoint` takes a real smoke-run generator state_dict instead.
+With `smoke_run` (a finished `invoke bench --suite smoke` run dir) it also samples the trained flows in each mode,
+loaded with the trainer's own stage-1 / latent-statistics code, and reports the FID change caused by Jacobi.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from baselines import starflow, tarflow
 from baselines.backbones.starflow import StarFlowGenerator
 from baselines.backbones.tarflow import TarFlowGenerator
 from baselines.parity import golden_root, load_case
-
-PUBLISHED_SIZES = {("starflow", "1.4B"): 1.4e9, ("starflow", "3.8B"): 3.86e9}  # PAPERS.md / arXiv 2506.06276
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def preset_sizes() -> list[dict[str, Any]]:
-    """Parameter counts of every STARFlow and TARFlow preset, built on the meta device (no memory, no init)."""
-    rows = []
-    with torch.device("meta"):
-        for name, cfg in starflow.StarFlow_configs.items():
-            m = starflow.StarFlow(**cfg)
-            total, deep = count_parameters(m), count_parameters(m.blocks[-1])
-            rows.append(
-                {
-                    "family": "starflow",
-                    "preset": name,
-                    "params": total,
-                    "deep_block": deep,
-                    "shallow_blocks": total - deep,
-                }
-            )
-        for name, cfg in tarflow.TarFlow_configs.items():
-            rows.append(
-                {
-                    "family": "tarflow",
-                    "preset": name,
-                    "params": count_parameters(tarflow.TarFlow(**cfg)),
-                }
-            )
-    return rows
-
-
-def _cmd_sizes(args) -> int:
-    for r in preset_sizes():
-        pub = PUBLISHED_SIZES.get((r["family"], r["preset"]))
-        size = f"{r['params'] / 1e9:.3f}B" if r["params"] >= 1e8 else f"{r['params'] / 1e6:.3f}M"
-        split = (
-            f"  deep {r['deep_block'] / 1e6:.1f}M + shallow {r['shallow_blocks'] / 1e6:.1f}M"
-            if "deep_block" in r
-            else ""
-        )
-        extra = f"  (published: {pub / 1e9:.2f}B)" if pub else ""
-        print(f"{r['family']:9s} {r['preset']:12s} {r['params']:>14,d} params = {size}{split}{extra}")
-    return 0
-
-
-# --- Jacobi benchmark ------------------------------------------------------------------------------------------
-
-
-def load_golden(case_dir: Path):
-    case, model = load_case(case_dir)
-    return case.config, model, case.io
+from baselines.starflow import StarFlow, StarFlow_models
+from baselines.tarflow import TarFlow_models
+from bench.errors import MissingInputError
 
 
 def _cost(model, stats) -> tuple[int, float]:
     """(nfe, forward equivalents) of one reverse call from its per-block DecodeStats."""
-    if isinstance(model, starflow.StarFlow):
+    if isinstance(model, StarFlow):
         flops = sum(
             (s.tokens + s.prefix_tokens) * s.rows * model.block_flops_per_token(s.block) for s in stats
         )
@@ -155,50 +93,68 @@ def train_briefly(
     return gen.eval(), loss
 
 
-def _cmd_jacobi_bench(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    jac = dict(jacobi_block=args.block, jacobi_tol=args.tol, jacobi_max_iters=args.max_iters)
-    out: dict[str, Any] = {"command": "python -m baselines.flow_sizes jacobi-bench " + " ".join(sys.argv[2:]), "jacobi": jac,
-                           "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__, "cases": {}}  # fmt: skip
-    root = Path(args.golden) if args.golden else golden_root()
+def run(
+    *,
+    out_dir: str | Path = "reports/starflow",
+    golden: str | Path | None = None,
+    block: int = 16,
+    tol: float = 1e-3,
+    max_iters: int = 32,
+    batch: int = 64,
+    train_steps: int = 200,
+    starflow_checkpoint: str | None = None,
+    smoke_run: str | None = None,
+    smoke_samples: int = 256,
+    repeats: int = 3,
+    threads: int = 0,
+    seed: int = 0,
+    command: str = "invoke jacobi-bench",
+) -> dict[str, Any]:
+    """The whole study; returns what it writes to out_dir/jacobi_bench.{json,md}."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    jac = dict(jacobi_block=block, jacobi_tol=tol, jacobi_max_iters=max_iters)
+    out: dict[str, Any] = {"command": command, "jacobi": jac, "device": "cpu", "threads": torch.get_num_threads(),
+                           "torch": torch.__version__, "cases": {}}  # fmt: skip
+    if golden is not None and not Path(golden).is_dir():
+        raise MissingInputError(f"golden root {golden} is not a directory")
+    root = Path(golden) if golden else golden_root()
     for case in ("starflow_tiny", "tarflow_tiny"):
         if root is None or not (root / case).is_dir():
-            print(f"{case}: golden data not found (set --golden or GENBENCH_GOLDEN); skipped")
+            print(f"{case}: golden data not found (pass golden= or set GENBENCH_GOLDEN); skipped")
             continue
-        config, model, io = load_golden(root / case)
+        loaded, model = load_case(root / case)
+        config, io = loaded.config, loaded.io
         w = float(config["conventions"]["reverse_cfg"]["guidance"])
         y_cfg = io["y_cfg"] if case.startswith("starflow") else io["y"]
         for name, (y, g) in {"reverse": (io["y"], 0.0), "reverse_cfg": (y_cfg, w)}.items():
             out["cases"][f"golden {case} {name} (B={io['z_sample'].shape[0]})"] = jacobi_benchmark(
-                model, io["z_sample"], y, g, repeats=args.repeats, **jac
+                model, io["z_sample"], y, g, repeats=repeats, **jac
             )
-    g = torch.Generator().manual_seed(args.seed)
-    B, K = args.batch, 8
+    g = torch.Generator().manual_seed(seed)
+    B, K = batch, 8
     labels = torch.arange(B) % K
     x, y = _embedded()
-    if args.train_steps > 0:
-        tf_gen, tf_loss = train_briefly(
-            TarFlowGenerator(tarflow.TarFlow_models["tiny"](), 0.05), x, y, args.train_steps
-        )
+    if train_steps > 0:
+        tf_gen, tf_loss = train_briefly(TarFlowGenerator(TarFlow_models["tiny"](), 0.05), x, y, train_steps)
         zt = tf_gen.model.patchify(torch.randn(B, 3, 32, 32, generator=g))
-        key = f"tiny tarflow, {args.train_steps} steps (loss {tf_loss:.3f}), B={B}"
-        out["cases"][key] = jacobi_benchmark(tf_gen.model, zt, labels, 0.0, repeats=args.repeats, **jac)
+        key = f"tiny tarflow, {train_steps} steps (loss {tf_loss:.3f}), B={B}"
+        out["cases"][key] = jacobi_benchmark(tf_gen.model, zt, labels, 0.0, repeats=repeats, **jac)
         out["cases"][key + ", guidance 1"] = jacobi_benchmark(
-            tf_gen.model, zt, labels, 1.0, repeats=args.repeats, **jac
+            tf_gen.model, zt, labels, 1.0, repeats=repeats, **jac
         )
-    if args.starflow_checkpoint:
-        sf_gen = StarFlowGenerator(starflow.StarFlow_models["tiny"](), K)
-        state = torch.load(args.starflow_checkpoint, map_location="cpu", weights_only=True)
+    if starflow_checkpoint:
+        sf_gen = StarFlowGenerator(StarFlow_models["tiny"](), K)
+        state = torch.load(starflow_checkpoint, map_location="cpu", weights_only=True)
         sf_gen.load_state_dict(state.get("ema", state), strict=True)
-        what, shape = f"checkpoint {Path(args.starflow_checkpoint).name}", (4, 8, 8)
-    elif args.train_steps > 0:
+        what, shape = f"checkpoint {Path(starflow_checkpoint).name}", (4, 8, 8)
+    elif train_steps > 0:
         lat = F.avg_pool2d(x, 4)  # stand-in latent: 8x8x3 pooled pixels, standardised
         lat = (lat - lat.mean((0, 2, 3), keepdim=True)) / lat.std((0, 2, 3), keepdim=True)
-        sf_gen = StarFlowGenerator(starflow.StarFlow_models["tiny"](in_channels=3), K)
-        sf_gen, sf_loss = train_briefly(sf_gen, lat, y, args.train_steps)
-        what, shape = f"{args.train_steps} steps on 8x8x3 pooled pixels (loss {sf_loss:.3f})", (3, 8, 8)
+        sf_gen = StarFlowGenerator(StarFlow_models["tiny"](in_channels=3), K)
+        sf_gen, sf_loss = train_briefly(sf_gen, lat, y, train_steps)
+        what, shape = f"{train_steps} steps on 8x8x3 pooled pixels (loss {sf_loss:.3f})", (3, 8, 8)
     else:
         sf_gen = None
     if sf_gen is not None:
@@ -206,25 +162,56 @@ def _cmd_jacobi_bench(args) -> int:
         yy = sf_gen.condition(labels)
         y_cfg = torch.cat([yy, sf_gen.condition(torch.full_like(labels, K))])
         out["cases"][f"tiny starflow, {what}, B={B}"] = jacobi_benchmark(
-            sf_gen.model, zs, yy, 0.0, repeats=args.repeats, **jac
+            sf_gen.model, zs, yy, 0.0, repeats=repeats, **jac
         )
         out["cases"][f"tiny starflow, {what}, B={B}, guidance 1"] = jacobi_benchmark(
-            sf_gen.model, zs, y_cfg, 1.0, repeats=args.repeats, **jac
+            sf_gen.model, zs, y_cfg, 1.0, repeats=repeats, **jac
         )
-    if args.smoke_run:
-        out["smoke_fid"] = smoke_fid(Path(args.smoke_run), jac, n=args.smoke_samples)
-    write_report(out, Path(args.out))
-    return 0
+    if smoke_run:
+        out["smoke_fid"] = smoke_fid(Path(smoke_run), jac, n=smoke_samples)
+    write_report(out, Path(out_dir))
+    return out
+
+
+class _RunDir:
+    """What `bench.train.BackboneRun` reads of a run store, read-only (nothing of the finished run is rewritten)."""
+
+    def __init__(self, path: Path):
+        self.dir = path
+
+    def backbone_dir(self, name: str) -> Path:
+        return self.dir / name
+
+    def metrics(self) -> list[dict]:
+        return []
+
+
+def load_smoke_backbone(run_dir: Path, name: str):
+    """A finished smoke run's backbone with the trainer's own loaders: stage 1 from the run's checkpoint (the shared
+    SD-VAE stand-in from _shared/), then the latent statistics exactly as `train_generator` sets them. The caller
+    loads a generator state from stage2.pt."""
+    from bench.suites import SMOKE
+    from bench.train import BackboneRun
+
+    run = BackboneRun(SMOKE, name, _RunDir(run_dir), 0, "cpu", None, None)
+    tok = run.bb.tokenizer
+    if tok.trainable and run.bb.recipe.stage1_epochs > 0:
+        key = tok.shared_key
+        ckpt = run_dir / "_shared" / f"{key}.pt" if key else run_dir / name / "stage1.pt"
+        if not ckpt.is_file():
+            raise MissingInputError(f"{ckpt} not found: {run_dir} is not a finished smoke run")
+        run.train_tokenizer()  # finds the checkpoint and loads it
+        raw, _ = run.encode_all(run.x)
+        tok.set_latent_stats(raw)
+    return run.bb
 
 
 def smoke_fid(run_dir: Path, jac: dict[str, Any], n: int = 256) -> dict[str, Any]:
     """FID (suite extractor) of sequential / Jacobi / Jacobi-at-tol-0 samples of the flows of a finished smoke run."""
-    from bench.data import embedded_images, to_model_range
     from bench.evaluate import score, suite_reference
     from bench.metrics import get_extractor
     from bench.sample import generate
     from bench.suites import SMOKE
-    from bench.train import make_backbone
 
     ext = get_extractor(SMOKE.extractor)
     ref = suite_reference(SMOKE, ext)
@@ -233,19 +220,7 @@ def smoke_fid(run_dir: Path, jac: dict[str, Any], n: int = 256) -> dict[str, Any
         if not (run_dir / name / "stage2.pt").is_file():
             print(f"{run_dir / name / 'stage2.pt'} not found; skipped")
             continue
-        bb = make_backbone(SMOKE, name, 0)
-        if (
-            bb.tokenizer.trainable
-        ):  # stage-1 weights, then the latent statistics exactly as train_generator sets them
-            key = bb.tokenizer.shared_key  # a shared tokenizer (SD-VAE stand-in) lives in the run's _shared/
-            stage1 = run_dir / "_shared" / f"{key}.pt" if key else run_dir / name / "stage1.pt"
-            bb.tokenizer.load_state_dict(torch.load(stage1, weights_only=True)["tokenizer"])
-            img, _ = embedded_images(
-                SMOKE.image_size, SMOKE.n_train_per_class, "train", num_classes=SMOKE.num_classes
-            )
-            with torch.no_grad():
-                bb.tokenizer.eval()
-                bb.tokenizer.set_latent_stats(bb.tokenizer.encode(to_model_range(img)))
+        bb = load_smoke_backbone(run_dir, name)
         state = torch.load(run_dir / name / "stage2.pt", weights_only=True)
         for which in ("ema", "generator"):
             bb.generator.load_state_dict(state[which])
@@ -303,36 +278,40 @@ def write_report(out: dict[str, Any], out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m baselines.flow_sizes", description="STARFlow / TARFlow commands"
-    )
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("sizes", help="parameter counts of the STARFlow and TARFlow presets (meta device)")
-    jb = sub.add_parser("jacobi-bench", help="sequential vs Jacobi sampling: agreement, wall time, NFE")
-    jb.add_argument(
+    """`python -m bench.studies.jacobi` (the invoke task `jacobi-bench` calls `run` directly)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.studies.jacobi", description=__doc__.split("\n\n")[0])
+    p.add_argument(
         "--golden", default=None, help="golden root (default: $GENBENCH_GOLDEN or ../shared/golden)"
     )
-    jb.add_argument("--out", default="reports/starflow")
-    jb.add_argument("--block", type=int, default=16)
-    jb.add_argument("--tol", type=float, default=1e-3)
-    jb.add_argument("--max-iters", type=int, default=32)
-    jb.add_argument("--batch", type=int, default=64, help="sampling batch of the tiny models")
-    jb.add_argument(
+    p.add_argument("--out", default="reports/starflow")
+    p.add_argument("--block", type=int, default=16)
+    p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument("--max-iters", type=int, default=32)
+    p.add_argument("--batch", type=int, default=64, help="sampling batch of the tiny models")
+    p.add_argument(
         "--train-steps", type=int, default=200, help="training steps of the tiny models (0: skip them)"
     )
-    jb.add_argument(
+    p.add_argument(
         "--starflow-checkpoint", default=None, help="smoke-run stage2.pt (its 'ema' entry) or a state_dict"
     )
-    jb.add_argument(
+    p.add_argument(
         "--smoke-run", default=None, help="a finished smoke run dir: adds the FID change of Jacobi decoding"
     )
-    jb.add_argument("--smoke-samples", type=int, default=256)
-    jb.add_argument("--repeats", type=int, default=3)
-    jb.add_argument("--threads", type=int, default=0)
-    jb.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    return {"sizes": _cmd_sizes, "jacobi-bench": _cmd_jacobi_bench}[args.cmd](args)
+    p.add_argument("--smoke-samples", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    run(out_dir=a.out, golden=a.golden, block=a.block, tol=a.tol, max_iters=a.max_iters, batch=a.batch,
+        train_steps=a.train_steps, starflow_checkpoint=a.starflow_checkpoint, smoke_run=a.smoke_run,
+        smoke_samples=a.smoke_samples, repeats=a.repeats, threads=a.threads, seed=a.seed,
+        command="python -m bench.studies.jacobi " + " ".join(argv if argv is not None else []))  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

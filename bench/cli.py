@@ -1,0 +1,184 @@
+"""The command line: the invoke tasks of the project, installed with the package.
+
+`genbench TASK ...` (the console script declared in pyproject.toml) runs them from any directory; in a checkout
+`invoke TASK ...` finds the same collection through the thin root tasks.py. Tasks only parse options and call
+library functions; every bench.errors.UserError becomes one `error: ...` line and exit code 2, other exceptions
+keep their traceback. New tasks go here (and into `namespace` below).
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+from importlib import metadata
+
+from invoke import Collection, Exit, Program, task
+
+
+def _user_error(e: Exception) -> Exit:
+    return Exit(f"error: {e}", code=2)
+
+
+def _user_errors(fn):
+    """Every task turns a bench.errors.UserError into one line + exit code 2; other exceptions keep their traceback."""
+
+    @functools.wraps(fn)  # invoke reads the task's options from the wrapped signature
+    def wrapper(c, *args, **kwargs):
+        from bench.errors import UserError
+
+        try:
+            return fn(c, *args, **kwargs)
+        except UserError as e:
+            raise _user_error(e) from None
+
+    return wrapper
+
+
+@task(help={
+    "suite": "suite name (smoke, patches64, imagenet256, imagenet256-throughput)",
+    "backbones": "comma list of backbones (default: the suite's)",
+    "out": "results root (default: results)",
+    "seed": "run seed (default 0)",
+    "device": "cpu or cuda",
+    "run_id": "run directory name (default: derived from seed and configuration; an existing run resumes)",
+})  # fmt: skip
+@_user_errors
+def bench(c, suite="smoke", backbones="", out="results", seed=0, device="cpu", run_id=""):
+    """Train, sample, evaluate and measure a suite's backbones into results/<suite>/<run_id>/."""
+    from bench.runner import run_bench
+
+    code = run_bench(suite, backbones or None, out, int(seed), device, run_id or None)
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"results": "results root (default: results)", "out": "reports root (default: reports)",
+            "suite": "only this suite (default: every suite in the store)"})  # fmt: skip
+@_user_errors
+def report(c, results="results", out="reports", suite=""):
+    """Rebuild tables, figures and the HTML pages (reports/<suite>/index.html) from the results store alone."""
+    from bench.report import main
+
+    code = main(["--results", results, "--out", out] + (["--suite", suite] if suite else []))
+    if code:
+        raise Exit(code=code)
+
+
+@task
+@_user_errors
+def test(c, args=""):
+    """Run the test suite (as README and CI do)."""
+    c.run(f"{sys.executable} -m pytest -q {args}", pty=False)
+
+
+@task(help={"extractor": "feature extractor name", "weights": "weights file of the extractor",
+            "metrics": "comma list of fid,sfid,is,prec,rec,kid,fid_ci,fid_inf (default: ADM's set, less what REF cannot provide)"})  # fmt: skip
+@_user_errors
+def fid(c, samples, ref, extractor="inception-v3-compat", weights="", metrics=""):
+    """Score SAMPLES.npz against REF.npz like the ADM evaluator; prints one JSON line."""
+    from bench.metrics.cli import main
+
+    argv = (
+        [samples, ref, "--extractor", extractor]
+        + (["--metrics", metrics] if metrics else [])
+        + (["--weights", weights] if weights else [])
+    )
+    code = main(argv)
+    if code:
+        raise Exit(code=code)
+
+
+@task(
+    help={
+        "static": "compile for sm_90 on CPU and read the cubins",
+        "latency": "GPU latency",
+        "json": "write results here",
+        "compare": "baseline JSON to gate against",
+        "only": "comma list of op/case/dtype/kernel globs, e.g. 'swiglu/*'",
+        "dtypes": "latency: comma list of bf16,fp32 (default both)",
+    }
+)
+@_user_errors
+def kernels(c, static=False, latency=False, json="", compare="", only="", dtypes=""):
+    """Triton kernels: static cost gate (CPU) or latency against eager/compile and the roofline (GPU)."""
+    from bench.kernels import main
+
+    argv = (["--static"] if static else []) + (["--latency"] if latency else [])
+    argv += (["--json", json] if json else []) + (["--compare", compare] if compare else [])
+    argv += [a for g in only.split(",") if g.strip() for a in ("--only", g.strip())]
+    argv += ["--dtypes", dtypes] if dtypes else []
+    code = main(argv)
+    if code:
+        raise Exit(code=code)
+
+
+@task(
+    help={"cases": "golden case directories (default: every case under $GENBENCH_GOLDEN or ../shared/golden)"}
+)
+@_user_errors
+def parity(c, cases=""):
+    """Run parity against the official implementations' golden data."""
+    from baselines.parity import golden_cases, main
+
+    paths = shlex.split(cases) if cases else [str(p) for p in golden_cases()]
+    if not paths:
+        raise Exit(
+            "error: no golden cases found (pass --cases, set GENBENCH_GOLDEN or place them at ../shared/golden)",
+            code=2,
+        )
+    code = main(paths)
+    if code:
+        raise Exit(code=code)
+
+
+@task(name="flow-sizes")
+@_user_errors
+def flow_sizes(c):
+    """Parameter counts of every STARFlow / TARFlow preset (meta device, no memory)."""
+    from bench.studies.sizes import format_sizes, preset_sizes
+
+    print("\n".join(format_sizes(preset_sizes())))
+
+
+@task(name="jacobi-bench", help={
+    "out": "report folder (default reports/starflow)", "golden": "golden root (default: $GENBENCH_GOLDEN or ../shared/golden)",
+    "block": "Jacobi block", "tol": "Jacobi tolerance", "max_iters": "Jacobi iterations per block",
+    "batch": "sampling batch of the tiny models", "train_steps": "training steps of the tiny models (0: skip them)",
+    "starflow_checkpoint": "smoke-run stage2.pt (its 'ema' entry) or a state_dict",
+    "smoke_run": "a finished smoke run dir: adds the FID change of Jacobi decoding",
+    "smoke_samples": "samples per mode for smoke_run", "repeats": "timing repeats (best of)",
+    "threads": "torch threads (0: default)", "seed": "seed",
+})  # fmt: skip
+@_user_errors
+def jacobi_bench(c, out="reports/starflow", golden="", block=16, tol=1e-3, max_iters=32, batch=64, train_steps=200,
+                 starflow_checkpoint="", smoke_run="", smoke_samples=256, repeats=3, threads=0, seed=0):  # fmt: skip
+    """Sequential vs block-wise Jacobi sampling of the flows: agreement, wall time, NFE (-> reports/starflow/)."""
+    from bench.studies.jacobi import run
+
+    run(out_dir=out, golden=golden or None, block=int(block), tol=float(tol), max_iters=int(max_iters),
+        batch=int(batch), train_steps=int(train_steps), starflow_checkpoint=starflow_checkpoint or None,
+        smoke_run=smoke_run or None, smoke_samples=int(smoke_samples), repeats=int(repeats), threads=int(threads),
+        seed=int(seed), command="invoke jacobi-bench " + " ".join(sys.argv[2:]))  # fmt: skip
+
+
+namespace = Collection(bench, report, test, fid, kernels, parity, flow_sizes, jacobi_bench)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("genbench")
+    except metadata.PackageNotFoundError:  # a checkout on PYTHONPATH without an install
+        return "unknown"
+
+
+program = Program(namespace=namespace, name="genbench", binary="genbench", version=_version())
+
+
+def main() -> None:
+    """Console script `genbench`."""
+    program.run()
+
+
+if __name__ == "__main__":
+    main()
