@@ -83,21 +83,36 @@ def write_samples(path: Path, out: dict, seed: int, extra: dict | None = None) -
     return path
 
 
+def _head(path: Path, n: int) -> np.ndarray:
+    """The first n images of an ADM npz, streamed (the file is not loaded whole)."""
+    from bench.metrics import read_npz
+
+    parts, got = [], 0
+    for batch in read_npz(path).iter_images(256):
+        parts.append(batch)
+        got += len(batch)
+        if got >= n:
+            break
+    return np.concatenate(parts)[:n]
+
+
 def record_evaluation(run, epoch: int, out: dict, protocol: str | None = None, first: bool = True) -> None:
     """Grid PNG (first protocol only) and samples npz of one evaluation; rank 0 only."""
     d = __import__("torch").distributed
     if d.is_available() and d.is_initialized() and d.get_rank() != 0:
         return
-    images = out.get("images")
-    if images is None and out.get("path") is not None:  # sharded sampling: read the merged file back
-        from bench.metrics import read_npz
-
-        images = read_npz(out["path"]).images()
+    images, labels = out.get("images"), np.asarray(out["labels"])
+    n_classes = min(8, run.suite.num_classes)
+    if (
+        images is None and out.get("path") is not None
+    ):  # sharded sampling (50K at 256 px): read the grid's cells only
+        images = _head(out["path"], max(i for row in grid_indices(labels, n_classes) for i in row) + 1)
+        labels = labels[: len(images)]
     if images is None:
         return
     bdir = run.store.backbone_dir(run.name)
     if first:
-        write_png(grid_path(bdir, epoch), sample_grid(images, out["labels"], min(8, run.suite.num_classes)))
+        write_png(grid_path(bdir, epoch), sample_grid(images, labels, n_classes))
     if out.get("path") is None:
         write_samples(
             samples_path(bdir, epoch, protocol), out, run.seed, {"epoch": int(epoch), "protocol": protocol}
