@@ -36,6 +36,11 @@ METRIC_FIELDS = (
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or creation inside `path` durable (the new directory entry survives a power loss)."""
+    fsync_file(path)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's (or a directory's) data to disk; a file before it is renamed into place."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -291,3 +291,26 @@ def test_full_disk_while_writing_a_shard(world, monkeypatch):
     monkeypatch.setattr(adm_npz._NpzStream, "add", real_add)  # space freed: resume after the intact shard
     resumed = NpzShardWriter(shards, shard_size=4, resume=True)
     assert resumed.n_written == 4
+
+
+def test_full_disk_when_a_shard_is_flushed(world, monkeypatch):
+    import os
+
+    shards = world.root / "shards"
+    writer = NpzShardWriter(shards, shard_size=4)
+    writer.add(_images(4), np.arange(4))
+    first = (shards / "samples_00000.npz").read_bytes()
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the data reaches the disk only at fsync: that is where a full disk shows
+        if ".samples_00001.npz." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(DiskFullError, match="disk full while writing .*samples_00001.npz .*files written before are intact"):  # fmt: skip
+        writer.add(_images(4, seed=2), np.arange(4))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert sorted(p.name for p in shards.iterdir()) == ["samples_00000.npz"]
+    assert (shards / "samples_00000.npz").read_bytes() == first
+    world.same(shards / "samples_00000.npz")

@@ -32,7 +32,7 @@ import torch
 
 from bench.errors import CorruptInputError, MissingInputError, OptionError
 from bench.metrics.frechet import covariance_problem
-from bench.store import disk_full
+from bench.store import disk_full, fsync_dir, fsync_file
 
 UINT8_CONVENTIONS = ("adm-truncate", "round")
 DEFAULT_UINT8 = "adm-truncate"
@@ -336,7 +336,9 @@ class _NpzStream:
     def close(self) -> Path:
         """Finish and move into place atomically."""
         self.zf.close()
+        fsync_file(self.tmp)  # durable before the rename makes it visible (bench.store)
         os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:
@@ -349,12 +351,12 @@ def _write(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     try:
         for k, v in arrays.items():
             stream.add(k, v)
+        return stream.close()
     except BaseException as e:
         stream.abort()
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise disk_full(path, e) from None  # one line; the shards written before stay intact
         raise
-    return stream.close()
 
 
 def write_samples_npz(
