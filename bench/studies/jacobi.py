@@ -26,6 +26,7 @@ from baselines.backbones.tarflow import TarFlowGenerator
 from baselines.parity import golden_root, load_case
 from baselines.starflow import StarFlow, StarFlow_models
 from baselines.tarflow import TarFlow_models
+from bench.checkpoints import load_checkpoint
 from bench.errors import MissingInputError
 
 
@@ -187,9 +188,9 @@ class _RunDir:
 
 
 def load_smoke_backbone(run_dir: Path, name: str):
-    """A finished smoke run's backbone with the trainer's own loaders: stage 1 from the run's checkpoint (the shared
-    SD-VAE stand-in from _shared/), then the latent statistics exactly as `train_generator` sets them. The caller
-    loads a generator state from stage2.pt."""
+    """A finished smoke run's backbone, read-only: the trainer's backbone and data (`BackboneRun`), stage 1 from the
+    run's verified checkpoint (the shared SD-VAE stand-in from _shared/), then the latent statistics exactly as
+    `train_generator` sets them. The caller loads a generator state from stage2.pt."""
     from bench.suites import SMOKE
     from bench.train import BackboneRun
 
@@ -200,7 +201,8 @@ def load_smoke_backbone(run_dir: Path, name: str):
         ckpt = run_dir / "_shared" / f"{key}.pt" if key else run_dir / name / "stage1.pt"
         if not ckpt.is_file():
             raise MissingInputError(f"{ckpt} not found: {run_dir} is not a finished smoke run")
-        run.train_tokenizer()  # finds the checkpoint and loads it
+        # verified load (CorruptInputError otherwise); never train_tokenizer, which would retrain a bad file
+        tok.load_state_dict(load_checkpoint(ckpt)["tokenizer"])
         raw, _ = run.encode_all(run.x)
         tok.set_latent_stats(raw)
     return run.bb
@@ -221,7 +223,7 @@ def smoke_fid(run_dir: Path, jac: dict[str, Any], n: int = 256) -> dict[str, Any
             print(f"{run_dir / name / 'stage2.pt'} not found; skipped")
             continue
         bb = load_smoke_backbone(run_dir, name)
-        state = torch.load(run_dir / name / "stage2.pt", weights_only=True)
+        state = load_checkpoint(run_dir / name / "stage2.pt")
         for which in ("ema", "generator"):
             bb.generator.load_state_dict(state[which])
             for mode, opts in (("sequential", dict(mode="sequential")), ("jacobi", dict(mode="jacobi", **jac)),
