@@ -300,7 +300,7 @@ def build_reports(results_dir: str | Path, out_dir: str | Path, suites: Sequence
     others = sorted(
         p.relative_to(out_dir).as_posix() for p in out_dir.glob("*/*.md") if p.parent.name not in listed
     )
-    others += ["paper_reported.csv"] if (out_dir / "paper_reported.csv").is_file() else []
+    others += [n for n in ("paper_reported.csv", "paper_reported.md") if (out_dir / n).is_file()]
     (out_dir / "index.html").write_text(html.index_page([(s, summary.get(s, "")) for s in listed], others))
     return [*written, out_dir / "index.html"]
 
