@@ -9,8 +9,8 @@ Pipeline (paper size): image 256 px -> frozen DINOv2-g/14 at 224 px -> patch fea
   -> pixel decoder: a ViT-L-like transformer (24 x 1024, 16 heads) mapping features to pixels (patch 16), trained
      first on noisy frozen features (x + 0.4 eps) and then on the feature decoder's outputs, with reconstruction,
      perceptual and GAN losses.
-Generation: LightningDiT-XL/1 (or SiT-XL) on the 16x16x32 latent, linear interpolant, v-prediction, loss weight
-sigma_t = t (baselines/transport.py, t = 1 noise).
+Generation: LightningDiT-XL/1 (or SiT-XL) on the 16x16x32 latent, linear interpolant, v-prediction, unweighted
+loss (baselines/transport.py, t = 1 noise); the paper's w_t = sigma_t is the SDE's diffusion coefficient.
 
 Parameter counts at paper size (paper's table -> ours; `param_counts()` prints them; tests check them):
 - encoder 38.17M -> 37.87M (-0.79%): pre-RMSNorm(1536) + attention whose q, k, v project 1536 -> 6144

@@ -162,7 +162,18 @@ def jacobi_bench(c, out="reports/starflow", golden="", block=16, tol=1e-3, max_i
         seed=int(seed), command="invoke jacobi-bench " + " ".join(sys.argv[2:]))  # fmt: skip
 
 
-namespace = Collection(bench, report, test, fid, kernels, parity, flow_sizes, jacobi_bench)
+@task(help={"json": "print the rows as JSON instead of Markdown"})
+@_user_errors
+def recipes(c, json=False):
+    """Every backbone's paper recipes and protocols, each setting beside its source (reports/recipes.md)."""
+    from bench.recipes import main
+
+    code = main(["--json"] if json else [])
+    if code:
+        raise Exit(code=code)
+
+
+namespace = Collection(bench, report, test, fid, kernels, parity, flow_sizes, jacobi_bench, recipes)
 
 
 def _version() -> str:

@@ -22,6 +22,8 @@ SF_PAPER = "arXiv 2506.06276 (STARFlow)"
 FAE_APPX = f"{FAE_PAPER} appendix (training details, as quoted in issue #12)"
 IMAGENET_TRAIN = 1_281_167  # images per epoch: iterations x batch / this = epochs
 
+_Y800 = "configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml"
+_YBOTH = "configs/reproductions/lightningdit_xl_vavae_f16d32_{64ep,800ep}_cfg.yaml"
 _NO_STAGE1 = "no stage 1: the paper preset uses a frozen released tokenizer"
 
 # backbone -> setting -> source. Keys: Recipe field names, and "<protocol>.<setting>" for sampling protocols.
@@ -50,20 +52,25 @@ SOURCES: dict[str, dict[str, str]] = {
         "release_uint8": f"{REPA} generate.py:151-154 (clamp(255 (x + 1) / 2).to(uint8): truncation), as ADM "
         f"({ADM} scripts/image_sample.py:60)",
         "logit_normal_until_epoch": f"{REPA} loss.py:56-57 (weighting 'uniform': t ~ U(0, 1) throughout)",
-        "paper.sampler": f"{REPA} README.md:124-135 (--mode=sde), samplers.py:105-183 (Euler-Maruyama: "
-        "linspace(1, 0.04, steps) + [0], diffusion 2t, last step the mean)",
+        "paper.mode": f"{REPA} README.md:132 (--mode=sde), samplers.py:105-183 (Euler-Maruyama, diffusion 2t, last "
+        "step the mean)",
         "paper.steps": f"{REPA} README.md:133 (--num-steps=250)",
-        "paper.guidance": f"{REPA} README.md:134 (--cfg-scale=1.8), samplers.py:149-151 (all channels)",
-        "paper.guidance_interval": f"{REPA} README.md:135 (--guidance-high=0.7), samplers.py:131 (decided at t_cur, "
-        "t = 1 noise)",
+        "paper.guidance": f"{REPA} README.md:134 (--cfg-scale=1.8)",
+        "paper.guidance_interval": f"{REPA} README.md:135 (--guidance-high=0.7), generate.py:206 (guidance-low 0), "
+        "samplers.py:131 (decided by t_cur, t = 1 noise)",
+        "paper.guidance_schedule": f"{REPA} samplers.py:105-115 (one scale, one interval)",
+        "paper.guidance_channels": f"{REPA} samplers.py:149-151 (every channel)",
+        "paper.time_shift": f"{REPA} samplers.py:122 (plain linspace: no shift)",
+        "paper.heun": f"{REPA} samplers.py:110 (SDE: heun unused)",
+        "paper.heun_guidance": f"{REPA} samplers.py:84, 97 (the ODE's Heun step guides its 2nd call by t_cur)",
+        "paper.t_last": f"{REPA} samplers.py:122 (linspace(1, 0.04, steps) + [0])",
         "stage1_epochs": f"{REPA} train.py:176 (frozen sd-vae-ft-mse): {_NO_STAGE1}",
     },
     "vavae_lightningdit": {
-        "lr": f"{LDIT} configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml:44, train.py:118",
-        "betas": f"{LDIT} configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml:45 (beta2 0.95), "
-        "train.py:118 (beta1 0.9)",
+        "lr": f"{LDIT} {_YBOTH}:44, train.py:118",
+        "betas": f"{LDIT} {_YBOTH}:45 (beta2 0.95), train.py:118 (beta1 0.9)",
         "weight_decay": f"{LDIT} train.py:118 (weight_decay=0)",
-        "batch_size": f"{LDIT} configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml:36",
+        "batch_size": f"{LDIT} {_YBOTH}:36",
         "epochs": f"{LDIT} README.md:90 (released LightningDiT-XL-800ep); the 800ep yaml's max_steps (line 35) is "
         "the 64-epoch value, copied",
         "lr_schedule": f"{LDIT} train.py:118 (AdamW, no scheduler)",
@@ -80,7 +87,7 @@ SOURCES: dict[str, dict[str, str]] = {
         "hflip": f"{LDIT} datasets/img_latent_dataset.py:77 ('latents' or 'latents_flip' with p 0.5), "
         "extract_features.py:50-53 (both extracted)",
         "latent_norm": f"{LDIT} datasets/img_latent_dataset.py:43-50, 83-85 (released latents_stats.pt; computed from "
-        "10k latents only when absent), configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml:15-16",
+        "10k latents only when absent), {_YBOTH}:15-16",
         "logit_normal_until_epoch": f"{LDIT} configs/config_details.yaml:59-61 ('in large-scale experiments, we "
         "disable lognorm at the mid of training'): ours 400 = half of 800 epochs, the step is not given",
         "release_labels": f"{LDIT} inference.py:203 (y = torch.randint(0, num_classes))",
@@ -99,17 +106,24 @@ SOURCES: dict[str, dict[str, str]] = {
         "stage1_min_lr": f"{LDIT} vavae/ldm/models/autoencoder.py:426-440 (constant lr: unused)",
         "stage1_grad_clip": f"{LDIT} vavae/main.py:687 + vavae/configs/f16d32_vfdinov2.yaml:59-66 (Lightning Trainer "
         "without gradient_clip_val: no clipping)",
-        "paper.sampler": f"{LDIT} configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml:59-60 (ODE euler), "
-        "transport/integrators.py:77-126 (torchdiffeq fixed grid)",
-        "paper.steps": f"{LDIT} configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml:65 (250 grid points), "
-        "transport/integrators.py:94 (linspace(t0, t1, 250)) = 249 Euler steps",
-        "paper.time_shift": f"{LDIT} configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml:76 (0.3, t = 0 "
-        "noise), transport/integrators.py:96-101; = 1 / 0.3 in our t = 1 noise convention",
-        "paper.guidance": f"{LDIT} configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml:66 (cfg 6.7)",
-        "paper.guidance_interval": f"{LDIT} configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml:75 "
-        "(cfg_interval_start 0.125, t = 0 noise), models/lightningdit.py:436-439 (decided by t[0] for the batch)",
-        "paper.guidance_channels": f"{LDIT} models/lightningdit.py:428-432 (guides output channels 0-2 only, "
-        "'for exact reproducibility'), inference.py:210-211 (forward_with_cfg)",
+        "paper.mode": f"{LDIT} {_Y800}:59-60 (ODE, euler), transport/integrators.py:77-126 (torchdiffeq fixed grid)",
+        "paper.steps": f"{LDIT} {_Y800}:65 (250 grid points), transport/integrators.py:94 (linspace(t0, t1, 250)) = "
+        "249 Euler steps",
+        "paper.time_shift": f"{LDIT} {_Y800}:76 (0.3, t = 0 noise), transport/integrators.py:96-101; = 1 / 0.3 in "
+        "our t = 1 noise convention",
+        "paper.guidance": f"{LDIT} {_Y800}:66 (cfg 6.7)",
+        "paper.guidance_interval": f"{LDIT} {_Y800}:75 (cfg_interval_start 0.125, t = 0 noise), "
+        "models/lightningdit.py:436-439 (decided by t[0] for the batch)",
+        "paper.guidance_schedule": f"{LDIT} models/lightningdit.py:420-442 (one scale, one interval)",
+        "paper.guidance_channels": f"{LDIT} models/lightningdit.py:428-432 (guides output channels 0-2 only, 'for exact "
+        "reproducibility'), inference.py:210-211 (forward_with_cfg)",
+        "paper.heun": f"{LDIT} {_Y800}:60 (euler)",
+        "paper.heun_guidance": "Euler: no second evaluation",
+        "paper.t_last": "ODE: unused",
+        "common.guidance": "ours: 1 + (w - 1) sqrt(3 / 32), the all-channel scale with the release's guidance norm "
+        "(backbones/vavae_lightningdit.py common_guidance; nobody tuned an all-channel scale)",
+        "common.guidance_channels": f"ours: every channel, the standard CFG ({LDIT} models/lightningdit.py:429-431 "
+        "names it)",
     },
     "vavae_lightningdit/XL/1 64ep": {
         "epochs": f"{LDIT} configs/reproductions/lightningdit_xl_vavae_f16d32_64ep_cfg.yaml:35-36 (80k steps x 1024 "
@@ -117,6 +131,7 @@ SOURCES: dict[str, dict[str, str]] = {
         "logit_normal_until_epoch": f"{LDIT} configs/config_details.yaml:59 ('in small-scale experiments, we enable "
         "lognorm'): on throughout",
         "paper.guidance": f"{LDIT} configs/reproductions/lightningdit_xl_vavae_f16d32_64ep_cfg.yaml:66 (cfg 10.0)",
+        "common.guidance": "ours: 1 + (10 - 1) sqrt(3 / 32), the all-channel scale with the release's guidance norm",
         "paper.guidance_interval": f"{LDIT} configs/reproductions/lightningdit_xl_vavae_f16d32_64ep_cfg.yaml:75 "
         "(cfg_interval_start 0.10, t = 0 noise), models/lightningdit.py:436-439",
     },
@@ -153,13 +168,20 @@ SOURCES: dict[str, dict[str, str]] = {
         "stage1_warmup_steps": f"{FAE_APPX}: 1000 warmup steps",
         "stage1_min_lr": "ours: 0 (the cosine's floor is not stated)",
         "stage1_grad_clip": "ours: 1.0 over all tokenizer parameters (not stated; the GAN phase is less stable unclipped)",
-        "paper.sampler": f"{FAE_APPX}: ODE Euler with CFG (the best with-CFG row); SDE Euler-Maruyama without CFG "
-        f"(w_t = sigma_t in SiT's notation: {SIT} train_utils.py:25-27 diffusion-form 'sigma', transport/path.py:57)",
+        "paper.mode": f"{FAE_APPX}: ODE Euler with CFG (the with-CFG row); without CFG an Euler-Maruyama SDE with "
+        f"w_t = sigma_t, SiT's diffusion form 'sigma' ({SIT} train_utils.py:25-27, transport/path.py:57) = our g = 2t: "
+        "backbones/fae.py SDE_SAMPLER",
         "paper.steps": f"{FAE_APPX}: 250 steps",
+        "paper.guidance": "the schedule below sets the scale",
+        "paper.guidance_interval": "the schedule below sets the intervals",
         "paper.guidance_schedule": f"{FAE_APPX}: CFG 0.9 for t in [0.9, 1], 2.5 for t in [0, 0.7], 1 elsewhere "
-        "(t = 1 noise), all channels",
+        "(t = 1 noise)",
+        "paper.guidance_channels": "ours: every channel (the paper states no DiT channel quirk)",
         "paper.time_shift": f"{FAE_APPX}: timestep shift 0.4, read in LightningDiT's form (t = 0 noise, "
         f"{LDIT} transport/integrators.py:96-101) = 1 / 0.4 in our t = 1 noise convention",
+        "paper.heun": f"{FAE_APPX}: Euler",
+        "paper.heun_guidance": "Euler: no second evaluation",
+        "paper.t_last": "ODE: unused",
     },
     "starflow": {
         "lr": f"{SF_PAPER} appendix B.2 (ImageNet: lr 1e-4, as quoted in issue #12); the release's only yaml "
@@ -186,13 +208,20 @@ SOURCES: dict[str, dict[str, str]] = {
         "release_labels": "the release has no ImageNet FID script: ours (equal labels)",
         "release_uint8": "the release has no ImageNet FID script: ours (round)",
         "stage1_epochs": f"{SFLOW} configs/starflow_3B_t2i_256x256.yaml:26 (frozen sd-vae-ft-ema): {_NO_STAGE1}",
-        "paper.sampler": f"{SFLOW} scripts/test_sample_image.sh:20 (--jacobi 1 --jacobi_th 0.001 "
-        "--jacobi_block_size 16), sample.py:171-175",
-        "paper.guidance": f"{SFLOW} configs/starflow_3B_t2i_256x256.yaml:28 (cfg 2.5; the ImageNet value of the paper's "
-        "table is not in the release: unsure)",
-        "paper.denoise": f"{SFLOW} sample.py:295-296 (process_denoising, self_denoising_lr 1: sample.py:356); the "
-        f"published 2.40 ({SF_PAPER}) decodes with a decoder fine-tuned on noisy latents ({SFLOW} "
-        "finetune_decoder.py:158-160) instead: build option decoder='finetuned'",
+        "paper.mode": f"{SFLOW} scripts/test_sample_image.sh:20 (--jacobi 1), sample.py:171-175",
+        "paper.jacobi_block": f"{SFLOW} scripts/test_sample_image.sh:20 (--jacobi_block_size 16)",
+        "paper.jacobi_tol": f"{SFLOW} scripts/test_sample_image.sh:20 (--jacobi_th 0.001)",
+        "paper.jacobi_max_iters": f"{SFLOW} sample.py:362 (--jacobi_max_iter 32)",
+        "paper.guidance": f"{SFLOW} configs/starflow_3B_t2i_256x256.yaml:28 (cfg 2.5; the paper's ImageNet value is not "
+        "in the release: unsure)",
+        "paper.attn_temp": f"{SFLOW} sample.py:358 (--attn_temp 1)",
+        "paper.denoise": f"{SFLOW} sample.py:295-296 (process_denoising). The published 2.40 ({SF_PAPER}) decodes with "
+        f"a decoder fine-tuned on noisy latents instead ({SFLOW} finetune_decoder.py:158-160): build option "
+        "decoder='finetuned' turns this step off",
+        "paper.denoise_lr": f"{SFLOW} sample.py:356 (--self_denoising_lr 1)",
+        "paper.noise_std": f"{SFLOW} sample.py:230 (the training noise_std, 0.3)",
+        "paper.guide_what": "TARFlow's option: STARFlow guides the deep block's Gaussian (transformer_flow.py:585-601)",
+        "paper.annealed_guidance": "TARFlow's option: off",
     },
     "tarflow": {
         "lr": f"{TFLOW} README.md:57-60 (--lr=1e-4)",
@@ -217,9 +246,17 @@ SOURCES: dict[str, dict[str, str]] = {
         "release_uint8": f"{TFLOW} evaluate_fid.py:33, 107 (torchmetrics FID normalize=True: (x * 255).byte(), "
         "truncation)",
         "stage1_epochs": "pixels: no tokenizer",
-        "paper.sampler": f"{TFLOW} evaluate_fid.py:77 (model.reverse: sequential with KV cache)",
-        "paper.guidance": f"{TFLOW} README.md:104 (--cfg=2.3, ImageNet 64), evaluate_fid.py:77 (annealed_guidance=True)",
-        "paper.denoise": f"{TFLOW} evaluate_fid.py:80-97 (one score step, self_denoising_lr 1 at the noise std)",
+        "paper.mode": f"{TFLOW} evaluate_fid.py:77 (model.reverse: token by token with a KV cache)",
+        "paper.jacobi_block": "sequential: unused",
+        "paper.jacobi_tol": "sequential: unused",
+        "paper.jacobi_max_iters": "sequential: unused",
+        "paper.guidance": f"{TFLOW} README.md:104 (--cfg=2.3, ImageNet 64)",
+        "paper.attn_temp": f"{TFLOW} evaluate_fid.py:137 (--attn_temp 1)",
+        "paper.denoise": f"{TFLOW} evaluate_fid.py:80-97 (one score step)",
+        "paper.denoise_lr": f"{TFLOW} evaluate_fid.py:140 (--self_denoising_lr 1, times the optimal base lr)",
+        "paper.noise_std": f"{TFLOW} evaluate_fid.py:84-86 (the training noise_std)",
+        "paper.guide_what": f"{TFLOW} transformer_flow.py:223 (guide_what 'ab')",
+        "paper.annealed_guidance": f"{TFLOW} evaluate_fid.py:77 (annealed_guidance=True)",
     },
     "tarflow/imagenet128": {
         "batch_size": f"{TFLOW} README.md:63-66 (--batch_size=768)",
@@ -251,6 +288,7 @@ def source(backbone: str, preset: str, setting: str) -> str | None:
 
 _SKIP = {"source", "sampler"}  # `source` is this table's job; the sampler is shown per protocol
 _STAGE1 = "stage1_"
+ENTRIES = ("repa", "vavae_lightningdit", "fae", "starflow", "tarflow")  # registry names, report order
 
 
 def _fmt(value) -> str:
@@ -263,9 +301,21 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def rows(backbone: str, preset: str, recipe, protocols: dict[str, dict]) -> list[dict]:
+def setups() -> list[tuple[str, str, object, dict]]:
+    """(backbone, paper preset, Recipe, protocols) of every paper preset, from the backbone modules themselves."""
+    import importlib
+
+    out = []
+    for name in ENTRIES:
+        module = importlib.import_module(f"baselines.backbones.{name}")
+        for preset, (recipe, protocols) in module.paper_setups().items():
+            out.append((name, preset, recipe, protocols))
+    return out
+
+
+def rows(backbone: str, preset: str, recipe, protocols: dict) -> list[dict]:
     """One row per training / stage-1 / protocol setting of one paper preset: section, setting, value, source
-    (None when no source is recorded). Values are read from the objects, never restated here."""
+    (None when none is recorded). Values are read from the objects, never restated here."""
     import dataclasses
 
     out = []
@@ -273,11 +323,68 @@ def rows(backbone: str, preset: str, recipe, protocols: dict[str, dict]) -> list
     for f in dataclasses.fields(recipe):
         if f.name in _SKIP or (f.name.startswith(_STAGE1) and f.name != "stage1_epochs" and not stage1):
             continue
-        section = "stage 1 (tokenizer)" if f.name.startswith(_STAGE1) else "training (generator)"
+        section = "stage 1 (tokenizer)" if f.name.startswith(_STAGE1) else "training"
         out.append(dict(section=section, setting=f.name, value=_fmt(getattr(recipe, f.name)),
                         source=source(backbone, preset, f.name)))  # fmt: skip
+    paper = protocols.get("paper")
     for proto, settings in protocols.items():
-        for k, v in settings.items():
-            out.append(dict(section=f"protocol {proto}", setting=k, value=_fmt(v),
-                            source=source(backbone, preset, f"{proto}.{k}")))  # fmt: skip
+        for f in dataclasses.fields(settings):
+            value, src = getattr(settings, f.name), source(backbone, preset, f"{proto}.{f.name}")
+            if src is None and proto != "paper" and paper is not None and getattr(paper, f.name) == value:
+                src = "as the paper protocol"
+            out.append(dict(section=f"protocol {proto} ({settings.kind})", setting=f.name, value=_fmt(value),
+                            source=src))  # fmt: skip
     return out
+
+
+def table() -> list[dict]:
+    """Every row of every paper preset, with backbone and preset."""
+    return [
+        dict(backbone=b, preset=p, **r)
+        for b, p, recipe, protos in setups()
+        for r in rows(b, p, recipe, protos)
+    ]
+
+
+def markdown(all_rows: list[dict]) -> str:
+    lines = [
+        "# Paper recipes and protocols, each setting beside its source",
+        "",
+        "Generated by `invoke recipes` (bench/recipes.py) from the Recipe and protocol objects of "
+        "baselines/backbones/; do not edit by hand. Sources cite the official repositories at the commit read "
+        f"({REPA}, {LDIT}, {SFLOW}, {TFLOW}, {SIT}, {ADM}) or the papers; 'ours' marks a choice where the source "
+        "is silent, ambiguous or broken, with its reason.",
+    ]
+    key = None
+    for r in all_rows:
+        if (r["backbone"], r["preset"]) != key:
+            key = (r["backbone"], r["preset"])
+            section = None
+            lines += ["", f"## {r['backbone']}: {r['preset']}"]
+        if r["section"] != section:
+            section = r["section"]
+            lines += ["", f"### {section}", "", "| setting | value | source |", "|---|---|---|"]
+        cell = lambda x: str(x).replace("|", "\\|")  # noqa: E731
+        lines.append(f"| {r['setting']} | {cell(r['value'])} | {cell(r['source'] or 'MISSING')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="one JSON list of rows instead of Markdown")
+    args = ap.parse_args(argv)
+    all_rows = table()
+    sys.stdout.write(json.dumps(all_rows, indent=1) + "\n" if args.json else markdown(all_rows))
+    missing = [f"{r['backbone']} {r['preset']} {r['setting']}" for r in all_rows if not r["source"]]
+    if missing:
+        print(f"error: {len(missing)} setting(s) without a source: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

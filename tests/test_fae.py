@@ -71,7 +71,7 @@ def test_paper_backbone_on_meta():
     bb = build_backbone("fae", "paper", device="meta")
     assert abs(_n(bb.generator.net) / 675.26e6 - 1) < 0.001  # LightningDiT-XL/1 on 16x16x32
     assert bb.generator.latent_shape == (32, 16, 16) and bb.generator.net_time == "data_at_1"
-    assert bb.generator.loss_weight == "sigma" and bb.encoder is None
+    assert bb.generator.loss_weight == "none" and bb.encoder is None
     r = bb.recipe
     assert (r.batch_size, r.lr, r.epochs, r.lr_schedule) == (512, 1e-4, 800, "constant")
     assert r.sampler.mode == "ode" and r.sampler.steps == 250
@@ -197,7 +197,7 @@ def test_tiny_backbone_generator_and_sampling(tiny):
     bb, images, feats, labels = tiny
     gen = bb.generator
     assert bb.family == "fae" and bb.tokenizer.trainable and bb.tokenizer.needs_features
-    assert gen.net_time == "data_at_1" and gen.loss_weight == "sigma" and gen.latent_shape == (16, 4, 4)
+    assert gen.net_time == "data_at_1" and gen.loss_weight == "none" and gen.latent_shape == (16, 4, 4)
     tok = bb.tokenizer.eval()
     with torch.no_grad():
         raw = tok.encode(images, feats)

@@ -124,7 +124,9 @@ def test_generator_reads_label_drop_and_logit_normal_cutoff_from_the_recipe():
     from baselines.api import Recipe
     from baselines.transport import FlowMatchingGenerator
 
-    gen = FlowMatchingGenerator(_RecordLabels(), (1, 2, 2), 3, t_sampling="logit_normal", label_drop=0.1).train()
+    gen = FlowMatchingGenerator(
+        _RecordLabels(), (1, 2, 2), 3, t_sampling="logit_normal", label_drop=0.1
+    ).train()
     y, x = torch.zeros(256, dtype=torch.long), torch.randn(256, 1, 2, 2)
     gen.apply_recipe(Recipe(label_drop=1.0))
     gen.loss(x, y, generator=torch.Generator().manual_seed(0))
@@ -139,3 +141,150 @@ def test_generator_reads_label_drop_and_logit_normal_cutoff_from_the_recipe():
     assert gen.t_sampling == "uniform"
     gen.apply_recipe(Recipe(), epoch=500)
     assert gen.t_sampling == "logit_normal"  # no cut-off: the sampling the generator was built with
+
+
+# --- the paper presets' values (issue #12 items 1-13; sources in reports/recipes.md) ----------------------------
+
+
+def _setups():
+    from bench.recipes import setups
+
+    return {(b, p): (r, protos) for b, p, r, protos in setups()}
+
+
+def test_lightningdit_paper_protocol_is_the_release_and_common_guides_every_channel():
+    """1: paper = the release (CFG on latent channels 0-2, 6.7 / 10); common = all channels at its own scale."""
+    from baselines.backbones.vavae_lightningdit import common_guidance
+
+    s = _setups()
+    for release, w, hi in (("800ep", 6.7, 0.875), ("64ep", 10.0, 0.9)):
+        recipe, protos = s[("vavae_lightningdit", f"XL/1 {release}")]
+        assert recipe.sampler == protos["paper"]  # the recipe samples as released
+        assert protos["paper"].guidance_channels == 3 and protos["paper"].guidance == w
+        assert protos["paper"].guidance_interval == pytest.approx((0.0, hi))
+        assert protos["common"].guidance_channels is None
+        assert protos["common"].guidance == pytest.approx(1 + (w - 1) * (3 / 32) ** 0.5, abs=1e-4)
+        assert protos["common"].replace(guidance=w, guidance_channels=3) == protos["paper"]
+    assert common_guidance(6.7, 32) == pytest.approx(2.7453, abs=1e-4)
+
+
+def test_fae_loss_unweighted_and_stage1_schedule():
+    """2 + 3: w_t = sigma_t is the SDE coefficient, not a loss weight; stage 1 ~1M iterations at 1024 (799 epochs),
+    cosine with 1000 warmup steps; the tiny preset keeps a constant stage-1 lr."""
+    from baselines.api import build_backbone
+    from baselines.backbones import fae
+
+    bb = build_backbone("fae", "paper", device="meta")
+    assert bb.generator.loss_weight == "none"
+    r = fae.PAPER_RECIPE
+    assert (r.stage1_epochs, r.stage1_batch_size, r.stage1_lr, r.stage1_betas) == (
+        799,
+        1024,
+        1e-4,
+        (0.9, 0.999),
+    )
+    assert (r.stage1_lr_schedule, r.stage1_warmup_steps) == ("cosine", 1000)
+    assert round(r.stage1_epochs * 1_281_167 / 1024 / 1e6, 2) == 1.0  # iterations, millions
+    assert (fae.TINY_RECIPE.stage1_lr_schedule, fae.TINY_RECIPE.stage1_warmup_steps) == ("constant", 0)
+    assert fae.SDE_SAMPLER.mode == "sde" and fae.SDE_SAMPLER.guidance == 1.0
+
+
+def test_starflow_imagenet_recipe_and_decoder_choice(tmp_path):
+    """4: batch 512, lr 1e-4 cosine to 1e-6, ~400M images (312 epochs); one-epoch warmup; both decoders."""
+    from baselines.api import build_backbone
+    from baselines.backbones.starflow import RECIPES
+    from bench.errors import OptionError
+
+    r = RECIPES["1.4B"]
+    assert (r.batch_size, r.lr, r.lr_schedule, r.min_lr, r.epochs) == (512, 1e-4, "cosine", 1e-6, 312)
+    assert round(r.epochs * 1_281_167 / 1e6) == 400
+    assert r.sampler.denoise
+    with pytest.raises(OptionError, match="finetuned_decoder"):
+        build_backbone("starflow", "1.4B", vae_folder=tmp_path, decoder="finetuned")
+    with pytest.raises(OptionError, match="finetuned_decoder"):
+        build_backbone("starflow", "tiny", decoder="finetuned", finetuned_decoder=tmp_path)
+    with pytest.raises(OptionError, match="unknown STARFlow decoder"):
+        build_backbone("starflow", "tiny", decoder="vq")
+    assert "denoising step" in build_backbone("starflow", "tiny").notes["decoder"]
+
+
+def test_data_handling_as_released():
+    """5 latent scaling, 6 flows' one-epoch warmup, 7 posterior draws, 8 flips, 9 + 10 VA-VAE stage 1."""
+    s = _setups()
+    repa, _ = s[("repa", "XL/2")]
+    sflow, _ = s[("starflow", "1.4B")]
+    ldit, _ = s[("vavae_lightningdit", "XL/1 800ep")]
+    ldit64, _ = s[("vavae_lightningdit", "XL/1 64ep")]
+    assert (repa.latent_norm, sflow.latent_norm, ldit.latent_norm) == ("scale", "scale", "released")
+    assert (repa.posterior, sflow.posterior, ldit.posterior) == ("sample", "sample", "sample_once")
+    assert (repa.hflip, ldit.hflip) == (0.0, 0.5)
+    assert (ldit.logit_normal_until_epoch, ldit64.logit_normal_until_epoch) == (400, None)
+    assert (ldit.stage1_epochs, ldit.stage1_grad_clip, ldit.stage1_betas) == (130, None, (0.5, 0.9))
+    for preset in ("imagenet64", "imagenet128", "afhq256"):
+        t, _ = s[("tarflow", preset)]
+        assert (t.warmup_epochs, t.warmup_steps, t.latent_norm, t.hflip) == (1.0, 0, "scale", 0.5)
+    assert (sflow.warmup_epochs, sflow.warmup_steps) == (1.0, 0)
+    assert s[("tarflow", "afhq256")][0].epochs == 4000
+
+
+def test_release_fid_conventions_and_precision_recorded():
+    """11 labels, 12 mixed precision, 13a uint8: what each release did."""
+    s = _setups()
+    want = {("repa", "XL/2"): ("random", "truncate", "fp16"), ("vavae_lightningdit", "XL/1 800ep"):
+            ("random", "round", "bf16"), ("starflow", "1.4B"): ("equal", "round", "bf16"),
+            ("tarflow", "imagenet64"): ("random", "truncate", "bf16"), ("fae", "paper"): ("equal", "round", "bf16")}  # fmt: skip
+    for key, (labels, uint8, mp) in want.items():
+        r = s[key][0]
+        assert (r.release_labels, r.release_uint8, r.mixed_precision) == (labels, uint8, mp), key
+
+
+def test_tiny_presets_keep_the_smoke_behaviour():
+    """The CPU presets are ours: no fixed scales, posterior means, no flips, no logit-normal cut-off."""
+    from baselines.api import build_backbone
+
+    for name in ("repa", "vavae_lightningdit", "fae", "starflow", "tarflow"):
+        r = build_backbone(name, "tiny").recipe
+        assert (r.latent_norm, r.posterior, r.hflip, r.logit_normal_until_epoch) == (
+            "per_channel",
+            "mean",
+            0.0,
+            None,
+        )
+        assert (r.release_labels, r.release_uint8) == ("equal", "round"), name
+    vt = build_backbone("vavae_lightningdit", "tiny")
+    assert vt.recipe.sampler.guidance_channels is None and vt.recipe.stage1_grad_clip == 1.0
+    assert vt.protocols["paper"].guidance_channels == 3
+
+
+def test_invoke_recipes_reproduces_the_committed_table():
+    """`invoke recipes` == reports/recipes.md byte for byte, and every row has a source (exit 0)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-m", "invoke", "recipes"], cwd=repo, capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    committed = (repo / "reports" / "recipes.md").read_text()
+    assert p.stdout == committed, (
+        "reports/recipes.md is stale: rebuild it with `invoke recipes > reports/recipes.md`"
+    )
+    assert "MISSING" not in committed and "| lr | 0.0001 |" in committed
+
+
+def test_every_setting_has_a_source_and_values_come_from_the_objects():
+    import dataclasses
+
+    from bench.recipes import markdown, rows, table
+
+    all_rows = table()
+    assert all(r["source"] for r in all_rows)
+    recipe, protos = _setups()[("starflow", "1.4B")]
+    changed = rows("starflow", "1.4B", dataclasses.replace(recipe, lr=3e-4), protos)
+    assert {r["setting"]: r["value"] for r in changed}["lr"] == "0.0003"  # read from the object, not restated
+    assert (
+        rows("starflow", "1.4B", dataclasses.replace(recipe, lr=3e-4), {"x": protos["paper"]})[-1]["source"]
+        is None
+    )
+    assert markdown(all_rows).count("\n## ") == len({(r["backbone"], r["preset"]) for r in all_rows})

@@ -30,24 +30,36 @@ PAPER_RECIPE = Recipe(
     sampler=FlowMatchingSampler(
         mode="ode", steps=250, guidance_schedule=GUIDANCE_SCHEDULE, time_shift=1 / PAPER_TIMESTEP_SHIFT
     ),
-    stage1_epochs=16,
+    # encoder + feature decoder: ~1M iterations at batch 1024 (= 799 epochs), cosine with 1000 warmup steps
+    stage1_epochs=799,
     stage1_lr=1e-4,
     stage1_batch_size=1024,
     stage1_betas=(0.9, 0.999),
-    source="arXiv 2512.07829 (FAE): generator batch 512, constant lr 1e-4, 2M iterations ~ 800 epochs; ODE Euler 250 "
-    "steps, CFG 0.9 on t in [0.9, 1] and 2.5 on t in [0, 0.7], time shift 0.4; encoder + feature decoder batch 1024, "
-    "AdamW (0.9, 0.999), lr 1e-4. Ours (paper silent): EMA 0.9999, no grad clip, bf16, stage-1 epochs 16, constant "
-    "stage-1 lr (the paper's cosine + 1000 warmup steps has no Recipe field)",
+    stage1_lr_schedule="cosine",
+    stage1_warmup_steps=1000,
+    source="arXiv 2512.07829 (FAE) appendix as quoted in issue #12; every setting's source: reports/recipes.md",
 )
-SDE_SAMPLER = FlowMatchingSampler(
-    mode="sde", steps=250, guidance=1.0, time_shift=1 / PAPER_TIMESTEP_SHIFT
-)  # no-CFG alternative
+# the no-CFG alternative: Euler-Maruyama with w_t = sigma_t, SiT's diffusion form 'sigma' (willisma/SiT
+# train_utils.py:25-27, transport/path.py:57), which is baselines.transport.euler_maruyama's g = 2t
+SDE_SAMPLER = FlowMatchingSampler(mode="sde", steps=250, guidance=1.0, time_shift=1 / PAPER_TIMESTEP_SHIFT)
 
 TINY_RECIPE = PAPER_RECIPE.replace(
     lr=5e-4, batch_size=64, epochs=40, ema_decay=0.999, mixed_precision="no",
     sampler=dict(steps=50), stage1_epochs=40, stage1_lr=1e-3, stage1_batch_size=64,
+    stage1_lr_schedule="constant", stage1_warmup_steps=0,
     source="tiny CPU preset (ours); sampler structure as the paper's",
 )  # fmt: skip
+
+
+def protocols(recipe: Recipe) -> dict:
+    # FAE guides every channel, so its paper sampler is also its common one
+    return {"paper": recipe.sampler, "common": recipe.sampler}
+
+
+def paper_setups() -> dict[str, tuple[Recipe, dict]]:
+    """Paper presets -> (recipe, protocols), what build_backbone uses and `invoke recipes` prints."""
+    return {"paper": (PAPER_RECIPE, protocols(PAPER_RECIPE))}
+
 
 GENERATORS = {
     # LightningDiT-XL/1 (VA-VAE release settings: SwiGLU, RoPE, RMSNorm, no qk-norm), patch 1 on 16x16x32
@@ -124,9 +136,9 @@ def build_backbone(
         tokenizer = FAETokenizer(cfg)
         latent = tokenizer.latent_shape(cfg.image_size)
         net, net_time = _generator_net(generator, GENERATORS[preset], latent, num_classes, recipe.label_drop)
-    gen = FlowMatchingGenerator(
-        net, latent, num_classes, net_time=net_time, loss_weight="sigma", label_drop=recipe.label_drop
-    )
+    # no loss weight: the paper's w_t = sigma_t (SiT's notation) is the SDE diffusion coefficient (SDE_SAMPLER);
+    # SiT trains velocity models unweighted (willisma/SiT transport/transport.py:139-140)
+    gen = FlowMatchingGenerator(net, latent, num_classes, net_time=net_time, label_drop=recipe.label_drop)
     perceptual = (
         "none"
         if cfg.perceptual_weight <= 0
@@ -135,7 +147,11 @@ def build_backbone(
     notes = {
         "encoder": enc_name,
         "latent": f"{latent[1]}x{latent[2]}x{latent[0]}",
-        "generator": f"{generator} patch 1, linear interpolant, v-prediction, loss weight sigma_t = t",
+        "generator": f"{generator} patch 1, linear interpolant, v-prediction, unweighted loss (w_t = sigma_t is the "
+        "SDE's diffusion coefficient, SiT's 'sigma' form = our Euler-Maruyama g = 2t)",
+        "time_shift_training": "none: the shift is a sampling setting, as in LightningDiT's code (training t uniform)",
+        "encoder_activation": "none between the attention layer and the projection (the paper's figure could not be "
+        "read here: unverified)",
         "guidance": "ODE Euler 250: CFG 0.9 on t in [0.9,1], 2.5 on t in [0,0.7], 1 elsewhere (t=1 noise), all channels",
         "time_shift": f"paper {PAPER_TIMESTEP_SHIFT} read as LightningDiT's (t=0 noise) = shift_time {1 / PAPER_TIMESTEP_SHIFT:g} (t=1 noise)",
         "sampler_alternative": "SDE Euler-Maruyama 250 steps, no CFG, same shift (fae.SDE_SAMPLER)",
@@ -145,6 +161,15 @@ def build_backbone(
         else "off",
         "stage1": f"steps < {cfg.stage_split:.0%}: enc + feature dec (L2 + {cfg.kl_weight:g} KL) and pixel dec on features + "
         f"N(0, {cfg.pixel_noise_sigma}^2); rest: pixel dec on feature-decoder outputs",
+        "stage1_schedule": f"{recipe.stage1_epochs} epochs at batch {recipe.stage1_batch_size}, {recipe.stage1_lr_schedule}"
+        f" lr {recipe.stage1_lr:g}, {recipe.stage1_warmup_steps} warmup steps"
+        + (
+            ""
+            if preset == "tiny"
+            else "; paper: enc + feature dec 1M its @1024, pixel dec 1M its @512, one after "
+            "the other; ours: one joint run, so enc + feature dec get half the paper's iterations and the pixel "
+            "decoder twice its images"
+        ),  # fmt: skip
         "open_choices": "no position table in the encoder; per-element-mean losses; beta=kl_weight ours; L1 pixel loss; "
         "posterior samples feed the decoders; see baselines/fae.py docstring",
     }
@@ -156,5 +181,5 @@ def build_backbone(
         recipe=recipe,
         encoder=encoder,
         notes=notes,
-        protocols={"paper": recipe.sampler, "common": recipe.sampler},  # FAE guides all channels
+        protocols=protocols(recipe),
     )

@@ -26,9 +26,31 @@ PAPER_RECIPE = Recipe(
     grad_clip=1.0,
     label_drop=0.1,
     mixed_precision="fp16",
+    posterior="sample",  # train.py:296: a fresh posterior draw every step
+    latent_norm="scale",  # train.py:179-184: SD-VAE latents x 0.18215
+    release_labels="random",  # generate.py:122
+    release_uint8="truncate",  # generate.py:151-154
     sampler=FlowMatchingSampler(mode="sde", steps=250, guidance=1.8, guidance_interval=(0.0, 0.7)),
-    source="sihyun-yu/REPA train.py defaults, README (SiT-XL/2, 4M iterations ~ 800 epochs), generate.py (cfg 1.8, guidance_high 0.7, SDE 250)",
+    source="sihyun-yu/REPA train.py defaults, README (SiT-XL/2, 4M iterations ~ 800 epochs), generate.py (cfg 1.8, "
+    "guidance_high 0.7, SDE 250); every setting's line: reports/recipes.md",
 )
+# tiny (CPU suites, ours): the stand-in tokenizer has no fixed scale, so its latents keep the harness's per-channel
+# statistics and posterior mean, as before
+TINY_RECIPE = PAPER_RECIPE.replace(
+    posterior="mean", latent_norm="per_channel", release_labels="equal", release_uint8="round",
+    source="tiny CPU preset (ours); REPA's optimiser and sampler",
+)  # fmt: skip
+
+
+def paper_setups() -> dict[str, tuple[Recipe, dict]]:
+    """Paper presets -> (recipe, protocols), what build_backbone uses and `invoke recipes` prints."""
+    return {"XL/2": (PAPER_RECIPE, protocols(PAPER_RECIPE))}
+
+
+def protocols(recipe: Recipe) -> dict:
+    # REPA guides every channel, so its released sampler is also its common one
+    return {"paper": recipe.sampler, "common": recipe.sampler}
+
 
 PRESETS = {
     # preset: (SiT config, image size, latent channels, encoder)
@@ -45,8 +67,12 @@ def build_backbone(
     num_classes: int | None = None,
     image_size: int | None = None,
     sd_vae: str | None = None,
+    sd_vae_decoder: str | None = None,
     encoder_weights: str | None = None,
 ) -> Backbone:
+    """XL/2: SiT-XL/2 on the frozen SD-VAE of the local diffusers folder `sd_vae` (the release trains on ft-MSE
+    latents, train.py:176); `sd_vae_decoder` decodes samples with another folder's decoder (the release's FID
+    samples use ft-EMA, generate.py:88, 193). tiny: the stand-in tokenizer and encoder."""
     from baselines.autoencoder import SDVAETokenizer, sd_vae_standin
     from baselines.encoders import build_encoder
 
@@ -62,7 +88,7 @@ def build_backbone(
             raise FileNotFoundError(
                 "REPA paper preset needs a local SD-VAE ft-MSE diffusers folder (--sd-vae PATH)"
             )
-        tokenizer = SDVAETokenizer(sd_vae)
+        tokenizer = SDVAETokenizer(sd_vae, decoder_folder=sd_vae_decoder)
     c, h, w = tokenizer.latent_shape(image_size)
     cfg = SiT_configs[p["sit"]]
     grid = h // cfg["patch_size"]
@@ -77,19 +103,25 @@ def build_backbone(
         z_dims=(p["z_dim"],),
         **{**cfg, "projector_dim": p["projector_dim"]},
     )
+    recipe = TINY_RECIPE if preset == "tiny" else PAPER_RECIPE
     generator = FlowMatchingGenerator(
-        net, (c, h, w), num_classes, proj_coeff=0.5, label_drop=PAPER_RECIPE.label_drop
+        net, (c, h, w), num_classes, proj_coeff=0.5, label_drop=recipe.label_drop
     )
+    decoder = "stand-in (trained in stage 1)" if preset == "tiny" else (
+        f"decoder of {sd_vae_decoder} (the release decodes with ft-EMA), encoder of {sd_vae}" if sd_vae_decoder
+        else f"{sd_vae} for encoding and decoding (the release decodes with ft-EMA: pass sd_vae_decoder)")  # fmt: skip
     return Backbone(
         name="repa",
         family="repa_sit",
         tokenizer=tokenizer,
         generator=generator,
-        recipe=PAPER_RECIPE,
+        recipe=recipe,
         encoder=encoder,
-        protocols={"paper": PAPER_RECIPE.sampler, "common": PAPER_RECIPE.sampler},  # REPA guides all channels
+        protocols=protocols(recipe),
         notes={
             "guidance": "CFG on all channels, interval t <= 0.7 (t=1 noise)",
             "alignment": f"block {cfg['encoder_depth']}, coefficient 0.5",
+            "decoder": decoder,
+            "release_fid": f"labels {recipe.release_labels}, uint8 {recipe.release_uint8} (generate.py:122, 151-154)",
         },
     )

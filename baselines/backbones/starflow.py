@@ -178,23 +178,43 @@ RECIPES: dict[str, Recipe] = {
         stage1_epochs=10,
         source=SOURCE,
     ),
+    # ImageNet 256 (arXiv 2506.06276 appendix B.2, as quoted in issue #12): batch 512, lr 1e-4 cosine to 1e-6,
+    # ~400M images = 312 epochs; the release's train.py: AdamW (0.9, 0.95), wd 1e-4, one epoch of warmup, no EMA,
+    # bf16; SD-VAE latents x 0.18215 drawn from the posterior every step (utils/model_setup.py:172-173)
     "1.4B": Recipe(
-        lr=6.4e-5,
+        lr=1e-4,
         betas=(0.9, 0.95),
         weight_decay=1e-4,
-        batch_size=1024,
-        epochs=400,
+        batch_size=512,
+        epochs=312,
         lr_schedule="cosine",
         warmup_steps=0,
+        warmup_epochs=1.0,
         min_lr=1e-6,
         ema_decay=0.0,
         grad_clip=None,
         label_drop=0.1,
         mixed_precision="bf16",
+        posterior="sample",
+        hflip=0.5,
+        latent_norm="scale",
         sampler=PAPER_SAMPLER,
-        source=SOURCE + " warmup_steps=0 here stands for 'one epoch'.",
+        source="arXiv 2506.06276 appendix B.2 + apple/ml-starflow train.py; every setting's line: reports/recipes.md",
     ),
 }
+
+
+def protocols(recipe: Recipe) -> dict:
+    # a flow's common protocol: its paper sampler
+    return {"paper": recipe.sampler, "common": recipe.sampler}
+
+
+def paper_setups() -> dict[str, tuple[Recipe, dict]]:
+    """Paper presets -> (recipe, protocols), what build_backbone uses and `invoke recipes` prints."""
+    return {"1.4B": (RECIPES["1.4B"], protocols(RECIPES["1.4B"]))}
+
+
+DECODERS = ("denoise", "finetuned")
 
 NOTES = {"space": "latent", "guidance_in": "deep block only"}
 
@@ -206,13 +226,26 @@ def build_backbone(
     image_size: int | None = None,
     vae_folder: str | Path | None = None,
     noise_std: float = 0.3,
+    decoder: str = "denoise",
+    finetuned_decoder: str | Path | None = None,
 ) -> Backbone:
     """tiny: trainable KLTokenizer('tiny-f4') (stage 1 on the embedded suites) + STARFlow on its 8x8x4 latents.
-    1.4B: frozen SD-VAE ft-EMA from a local diffusers folder (`vae_folder`)."""
+    1.4B: frozen SD-VAE ft-EMA from a local diffusers folder (`vae_folder`).
+    decoder: "denoise" (one score-based denoising step on the sampled latents, then the SD-VAE decoder: the
+    release's sample.py) or "finetuned" (no denoising step; the decoder of `finetuned_decoder`, a diffusers folder
+    whose decoder was fine-tuned on noisy latents, as finetune_decoder.py does and the published FID 2.40 used)."""
     from baselines import autoencoder
 
     if preset not in PRESETS:
         raise OptionError(f"unknown STARFlow preset {preset!r}; known: {', '.join(PRESETS)}")
+    if decoder not in DECODERS:
+        raise OptionError(f"unknown STARFlow decoder {decoder!r}; known: {', '.join(DECODERS)}")
+    if (decoder == "finetuned") != (finetuned_decoder is not None) or (
+        decoder == "finetuned" and preset == "tiny"
+    ):
+        raise OptionError(
+            "STARFlow decoder='finetuned' needs finetuned_decoder=<diffusers folder> and an SD-VAE preset (1.4B)"
+        )
     spec = PRESETS[preset]
     if spec["classes"] is None:
         raise OptionError(
@@ -228,20 +261,26 @@ def build_backbone(
             raise OptionError(
                 f"STARFlow preset {preset!r} needs vae_folder=<local diffusers stabilityai/sd-vae-ft-ema folder>"
             )
-        tokenizer = autoencoder.SDVAETokenizer(vae_folder)
+        tokenizer = autoencoder.SDVAETokenizer(vae_folder, decoder_folder=finetuned_decoder)
     C, h, _ = tokenizer.latent_shape(image_size)
     model = StarFlow_models[spec["model"]](in_channels=C, img_size=h, txt_dim=K + 1)
     gen = StarFlowGenerator(model, K, noise_std=noise_std, label_drop=0.1)
     recipe = RECIPES[preset]
+    if decoder == "finetuned":  # the fine-tuned decoder takes the noisy latents: no denoising step
+        recipe = recipe.replace(sampler={"denoise": False})
     return Backbone(
         name="starflow",
         family="normalizing_flow",
         tokenizer=tokenizer,
         generator=gen,
         recipe=recipe,
-        notes={**NOTES, "noise_std": noise_std, "preset": preset},
-        protocols={
-            "paper": recipe.sampler,
-            "common": recipe.sampler,
-        },  # a flow's common protocol: its paper sampler
+        notes={
+            **NOTES,
+            "noise_std": noise_std,
+            "preset": preset,
+            "decoder": "SD-VAE decoder after one score denoising step"
+            if decoder == "denoise"
+            else f"decoder fine-tuned on noisy latents ({finetuned_decoder}), no denoising step (the paper's 2.40)",
+        },
+        protocols=protocols(recipe),  # fmt: skip
     )

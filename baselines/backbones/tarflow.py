@@ -159,14 +159,21 @@ def recipe(preset: str) -> Recipe:
             source=SOURCE,
         )
     big = preset == "imagenet128"
+    # README.md:57-72 (batch, epochs per data set), train.py:70-71 (one epoch of warmup), utils.py:132 (flips),
+    # evaluate_fid.py:72, 107 (random labels; torchmetrics' (x * 255).byte() truncation)
     return Recipe(
         lr=1e-4,
         betas=(0.9, 0.95),
         weight_decay=1e-4,
         batch_size=768 if big else 256,
-        epochs=320 if big else 200,
+        epochs={"imagenet64": 200, "imagenet128": 320, "afhq256": 4000}[preset],
         lr_schedule="cosine",
         warmup_steps=0,
+        warmup_epochs=1.0,
+        hflip=0.5,
+        latent_norm="scale",  # pixels in [-1, 1] as they are (PixelTokenizer's scale 1): the noise std lives there
+        release_labels="random",
+        release_uint8="truncate",
         min_lr=1e-6,
         ema_decay=0.0,
         grad_clip=None,
@@ -180,8 +187,18 @@ def recipe(preset: str) -> Recipe:
             denoise=True,
             denoise_lr=1.0,
         ),
-        source=SOURCE + " warmup_steps=0 here stands for 'one epoch' (set by the suite).",
+        source=SOURCE + " Every setting's line: reports/recipes.md.",
     )
+
+
+def protocols(recipe: Recipe) -> dict:
+    # a flow's common protocol: its paper sampler
+    return {"paper": recipe.sampler, "common": recipe.sampler}
+
+
+def paper_setups() -> dict[str, tuple[Recipe, dict]]:
+    """Paper presets -> (recipe, protocols), what build_backbone uses and `invoke recipes` prints."""
+    return {p: (recipe(p), protocols(recipe(p))) for p in ("imagenet64", "imagenet128", "afhq256")}
 
 
 def build_backbone(
@@ -210,5 +227,5 @@ def build_backbone(
         generator=gen,
         recipe=r,
         notes={"space": "pixel", "noise_std": gen.noise_std, "preset": preset},
-        protocols={"paper": r.sampler, "common": r.sampler},  # a flow's common protocol: its paper sampler
+        protocols=protocols(r),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from baselines.api import Backbone, FlowMatchingSampler, Recipe
-from baselines.vavae import VAVAE_CONFIGS, VAVAETokenizer
+from baselines.vavae import LONG_PHASES, VAVAE_CONFIGS, VAVAETokenizer
 from bench.errors import OptionError
 
 # Official time shift: the released sampler integrates t = 0 (noise) -> 1 on linspace(0, 1, 250) mapped by
@@ -25,7 +25,9 @@ PRESETS = {
 }
 
 
-def paper_recipe(release: str = "800ep", official_cfg_quirk: bool = False) -> Recipe:
+def paper_recipe(release: str = "800ep", official_cfg_quirk: bool = True) -> Recipe:
+    """The release's recipe; its sampler is the `paper` protocol (CFG on latent channels 0-2 only, as released,
+    models/lightningdit.py:428-432); official_cfg_quirk=False guides every channel at the same scale."""
     if release not in RELEASES:
         raise OptionError(f"unknown LightningDiT release {release!r}; known: {', '.join(RELEASES)}")
     r = RELEASES[release]
@@ -40,16 +42,56 @@ def paper_recipe(release: str = "800ep", official_cfg_quirk: bool = False) -> Re
     return Recipe(
         lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0, batch_size=1024, epochs=r["epochs"], lr_schedule="constant",
         ema_decay=0.9999, grad_clip=None, label_drop=0.1, mixed_precision="bf16", sampler=sampler,
-        stage1_epochs=50, stage1_lr=1e-4, stage1_batch_size=256, stage1_betas=(0.5, 0.9),
-        source=("hustvl/LightningDiT configs/reproductions/lightningdit_xl_vavae_f16d32_"
-                f"{release}_cfg.yaml (AdamW 2e-4, beta2 0.95, batch 1024, 80k steps = 64 ep, Euler ODE "
-                "num_sampling_steps 250, timestep_shift 0.3, cfg_interval_start), train.py (EMA 0.9999); "
-                "VA-VAE: vavae/configs/f16d32_vfdinov2.yaml (Adam 1e-4 (0.5, 0.9), 8 x 32 GPUs, 50 epochs)"),
+        posterior="sample_once", hflip=0.5, latent_norm="released",
+        # the 800-epoch run switches logit-normal t off "at the mid of training" (config_details.yaml:59-61)
+        logit_normal_until_epoch=r["epochs"] / 2 if release == "800ep" else None,
+        release_labels="random", release_uint8="round",
+        # VA-VAE: the released tokenizer's 100 + 15 + 15 epochs (f16d32_vfdinov2_long.yaml), no gradient clipping
+        stage1_epochs=130, stage1_lr=1e-4, stage1_batch_size=256, stage1_betas=(0.5, 0.9), stage1_grad_clip=None,
+        source=(f"hustvl/LightningDiT configs/reproductions/lightningdit_xl_vavae_f16d32_{release}_cfg.yaml, train.py, "
+                "run_train.sh, datasets/img_latent_dataset.py, extract_features.py; VA-VAE: "
+                "vavae/configs/f16d32_vfdinov2_long.yaml; every setting's line: reports/recipes.md"),
     )  # fmt: skip
 
 
+def tiny_recipe(release: str = "800ep", official_cfg_quirk: bool = False) -> Recipe:
+    """tiny (CPU suites, ours): the release's optimiser and sampler structure, the harness's earlier data handling
+    (per-channel statistics, posterior mean, no flips) and a clipped stage 1, which the short smoke runs need."""
+    return paper_recipe(release, official_cfg_quirk).replace(
+        posterior="mean", hflip=0.0, latent_norm="per_channel", logit_normal_until_epoch=None,
+        release_labels="equal", stage1_epochs=50, stage1_grad_clip=1.0, source="tiny CPU preset (ours)",
+    )  # fmt: skip
+
+
+def common_guidance(paper_scale: float, channels: int, guided: int = 3) -> float:
+    """The `common` protocol's all-channel CFG scale (ours; nobody tuned one): the scale whose extra guidance
+    (w - 1) (v_c - v_u) has the same norm over all `channels` as the release's over its `guided` channels,
+    assuming channels of equal size: 1 + (w - 1) sqrt(guided / channels). 800ep: 6.7 -> 2.75; 64ep: 10 -> 3.76
+    (cf. FAE's all-channel 2.5 with LightningDiT-XL/1 on a latent of the same 16x16x32 shape)."""
+    return 1.0 + (paper_scale - 1.0) * (guided / channels) ** 0.5
+
+
+def protocols(recipe: Recipe, channels: int) -> dict[str, FlowMatchingSampler]:
+    """paper: the release's sampler, quirk included (CFG on latent channels 0-2); common: CFG on every channel at
+    `common_guidance`'s scale, same steps, shift and interval."""
+    s = recipe.sampler
+    return {
+        "paper": s.replace(guidance_channels=3),
+        "common": s.replace(guidance_channels=None, guidance=round(common_guidance(s.guidance, channels), 4)),
+    }
+
+
+def paper_setups() -> dict[str, tuple[Recipe, dict]]:
+    """Paper presets -> (recipe, protocols), what build_backbone uses and `invoke recipes` prints."""
+    out = {}
+    for release in RELEASES:
+        r = paper_recipe(release)
+        out[f"XL/1 {release}"] = (r, protocols(r, 32))
+    return out
+
+
 def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, image_size: int | None = None,
-                   release: str = "800ep", official_cfg_quirk: bool = False, vavae_ckpt: str | None = None,
+                   release: str = "800ep", official_cfg_quirk: bool | None = None, vavae_ckpt: str | None = None,
                    latent_stats: str | None = None, encoder_weights: str | None = None,
                    perceptual: str = "auto", vgg_path: str | None = None) -> Backbone:  # fmt: skip
     """`vavae_lightningdit`. tiny: VA-VAE tiny (32 px -> 8x8x8) aligned to the stand-in encoder + LightningDiT
@@ -64,7 +106,13 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
     p = PRESETS[preset]
     num_classes = num_classes or p["num_classes"]
     image_size = image_size or p["image_size"]
-    recipe = paper_recipe(release, official_cfg_quirk)
+    if official_cfg_quirk is None:  # the paper preset samples as released; tiny (ours) guides every channel
+        official_cfg_quirk = preset != "tiny"
+    recipe = (
+        tiny_recipe(release, official_cfg_quirk)
+        if preset == "tiny"
+        else paper_recipe(release, official_cfg_quirk)
+    )
 
     encoder = None
     if preset == "tiny":
@@ -78,7 +126,7 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
             encoder = build_encoder(p["encoder"], weights=encoder_weights, preprocess="vavae")
             vf_dim = encoder.dim
     tokenizer = VAVAETokenizer(p["vavae"], vf_dim, perceptual=perceptual, vgg_path=vgg_path,
-                               **({"disc_start": 48} if preset == "tiny" else {}))  # fmt: skip
+                               **({"disc_start": 48} if preset == "tiny" else {"phases": LONG_PHASES}))  # fmt: skip
     if vavae_ckpt is not None:
         tokenizer.load_official(vavae_ckpt, latent_stats)
         tokenizer.trainable = False  # the released tokenizer is used as is
@@ -87,11 +135,12 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
     net = LightningDiT_models[p["dit"]](input_size=h, in_channels=c, num_classes=num_classes)
     generator = FlowMatchingGenerator(net, (c, h, w), num_classes, net_time="data_at_1", t_sampling="logit_normal",
                                       cos_loss_weight=1.0, label_drop=recipe.label_drop)  # fmt: skip
+    protos = protocols(recipe, c)
     guidance_note = (
-        "official quirk: CFG on the first 3 latent channels only (official_cfg_quirk=True)"
-        if official_cfg_quirk
-        else "common protocol: CFG on all latent channels (official guides channels 0-2 only; official_cfg_quirk=True)"
-    )
+        ("recipe sampler = paper protocol: CFG on latent channels 0-2 only, as released" if official_cfg_quirk
+         else "recipe sampler: CFG on all channels at the release's scale (official_cfg_quirk=False)")
+        + f"; common protocol: all channels at {protos['common'].guidance:g} (same guidance norm, ours)"
+    )  # fmt: skip
     return Backbone(
         name="vavae_lightningdit",
         family="vavae_lightningdit",
@@ -100,10 +149,7 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
         recipe=recipe,
         encoder=encoder,
         # paper: the release's sampler with its quirk (CFG on latent channels 0-2 only); common: CFG on all channels
-        protocols={
-            "paper": recipe.sampler.replace(guidance_channels=3),
-            "common": recipe.sampler.replace(guidance_channels=None),
-        },  # fmt: skip
+        protocols=protos,
         notes={
             "guidance": guidance_note,
             "guidance_interval": f"released {release}: cfg {RELEASES[release]['guidance']}, on for t <= "
@@ -113,6 +159,19 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
             "perceptual": tokenizer.loss_fn.perceptual_kind,
             "discriminator": "own PatchGAN (LDM NLayerDiscriminator keys), hinge loss",
             "vf_encoder": "stand-in (not DINOv2)" if preset == "tiny" else p["encoder"],
-            "tokenizer": "released VA-VAE checkpoint" if vavae_ckpt else "trained in stage 1",
+            "tokenizer": "released VA-VAE checkpoint"
+            if vavae_ckpt
+            else "trained in stage 1"
+            + ("" if preset == "tiny" else " (100 + 15 + 15 epoch loss phases of f16d32_vfdinov2_long.yaml)"),
+            "latents": f"posterior {recipe.posterior}, hflip {recipe.hflip:g}, normalisation {recipe.latent_norm}",
+            "t_sampling": "logit-normal"
+            + (
+                f" until epoch {recipe.logit_normal_until_epoch:g}, then uniform "
+                "(config_details.yaml: off 'at the mid of training'; the step is ours)"
+                if recipe.logit_normal_until_epoch
+                else " throughout"
+            ),  # fmt: skip
+            "release_fid": f"labels {recipe.release_labels} (inference.py:203), uint8 {recipe.release_uint8} "
+            "(tokenizer/vavae.py:81)",
         },
     )
