@@ -110,4 +110,6 @@ def test_tarflow_settings_protocols_and_unclamped_images():
 def test_vavae_protocols_paper_keeps_the_channel_quirk():
     bb = build_backbone("vavae_lightningdit", "tiny")
     assert bb.protocols["paper"].guidance_channels == 3 and bb.protocols["common"].guidance_channels is None
-    assert bb.protocols["paper"].replace(guidance_channels=None) == bb.protocols["common"]
+    common = bb.protocols["common"]  # its own all-channel scale (issue #12)
+    assert bb.protocols["paper"].replace(guidance_channels=None, guidance=common.guidance) == common
+    assert 1 < common.guidance < bb.protocols["paper"].guidance

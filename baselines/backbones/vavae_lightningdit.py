@@ -138,7 +138,7 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
     protos = protocols(recipe, c)
     guidance_note = (
         ("recipe sampler = paper protocol: CFG on latent channels 0-2 only, as released" if official_cfg_quirk
-         else "recipe sampler: CFG on all channels at the release's scale (official_cfg_quirk=False)")
+         else "recipe sampler: CFG on all latent channels at the release's scale (official_cfg_quirk=False)")
         + f"; common protocol: all channels at {protos['common'].guidance:g} (same guidance norm, ours)"
     )  # fmt: skip
     return Backbone(
