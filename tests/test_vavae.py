@@ -162,7 +162,9 @@ def test_recipe_matches_release():
         800,
     )
     assert r.sampler.guidance == 6.7 and r.sampler.guidance_interval == pytest.approx((0.0, 0.875))
-    assert r.sampler.time_shift == pytest.approx(1 / 0.3) and r.sampler.guidance_channels == 3  # paper: as released
+    assert (
+        r.sampler.time_shift == pytest.approx(1 / 0.3) and r.sampler.guidance_channels == 3
+    )  # paper: as released
     r64 = paper_recipe("64ep", official_cfg_quirk=True)
     assert r64.sampler.guidance == 10.0 and r64.sampler.guidance_interval == pytest.approx((0.0, 0.9))
     assert r64.sampler.guidance_channels == 3 and r64.epochs == 64
