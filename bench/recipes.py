@@ -274,6 +274,9 @@ SOURCES: dict[str, dict[str, str]] = {
     },
 }
 
+# plain SiT is REPA's recipe and sampler without the alignment loss (baselines/backbones/sit.py)
+SOURCES["sit"] = SOURCES["repa"]
+
 
 def source(backbone: str, preset: str, setting: str) -> str | None:
     """The source text of one setting of one paper preset, or None when none is recorded."""
@@ -288,7 +291,7 @@ def source(backbone: str, preset: str, setting: str) -> str | None:
 
 _SKIP = {"source", "sampler"}  # `source` is this table's job; the sampler is shown per protocol
 _STAGE1 = "stage1_"
-ENTRIES = ("repa", "vavae_lightningdit", "fae", "starflow", "tarflow")  # registry names, report order
+ENTRIES = ("repa", "sit", "vavae_lightningdit", "fae", "starflow", "tarflow")  # registry names, report order
 
 
 def _fmt(value) -> str:

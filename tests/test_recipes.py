@@ -242,7 +242,7 @@ def test_tiny_presets_keep_the_smoke_behaviour():
     """The CPU presets are ours: no fixed scales, posterior means, no flips, no logit-normal cut-off."""
     from baselines.api import build_backbone
 
-    for name in ("repa", "vavae_lightningdit", "fae", "starflow", "tarflow"):
+    for name in ("repa", "sit", "vavae_lightningdit", "fae", "starflow", "tarflow"):
         r = build_backbone(name, "tiny").recipe
         assert (r.latent_norm, r.posterior, r.hflip, r.logit_normal_until_epoch) == (
             "per_channel",

@@ -8,12 +8,18 @@ in tiny suites, SD-VAE ft-MSE at paper scale) and its sampler, the two differ by
 from __future__ import annotations
 
 from baselines.api import Backbone
-from baselines.backbones.repa import PAPER_RECIPE, PRESETS
+from baselines.backbones.repa import PAPER_RECIPE, PRESETS, TINY_RECIPE, protocols
 from baselines.sit import SiT, SiT_configs
 from baselines.transport import FlowMatchingGenerator
 from bench.errors import OptionError
 
 RECIPE = PAPER_RECIPE.replace(source="REPA's recipe (baselines/backbones/repa.py) without the alignment loss")
+TINY = TINY_RECIPE.replace(source="REPA's tiny recipe without the alignment loss")
+
+
+def paper_setups() -> dict:
+    """Paper presets -> (recipe, protocols), what build_backbone uses and `invoke recipes` prints."""
+    return {"XL/2": (RECIPE, protocols(RECIPE))}
 
 
 def build_backbone(
@@ -41,16 +47,17 @@ def build_backbone(
     c, h, w = tokenizer.latent_shape(image_size)
     cfg = {k: v for k, v in SiT_configs[p["sit"]].items() if k != "projector_dim"}
     net = SiT(input_size=h, in_channels=c, num_classes=num_classes, z_dims=(), **cfg)  # no projector heads
+    recipe = TINY if preset == "tiny" else RECIPE
     generator = FlowMatchingGenerator(
-        net, (c, h, w), num_classes, proj_coeff=0.0, label_drop=RECIPE.label_drop
+        net, (c, h, w), num_classes, proj_coeff=0.0, label_drop=recipe.label_drop
     )
     return Backbone(
         name="sit",
         family="sit",
         tokenizer=tokenizer,
         generator=generator,
-        recipe=RECIPE,
-        protocols={"paper": RECIPE.sampler, "common": RECIPE.sampler},
+        recipe=recipe,
+        protocols=protocols(recipe),
         notes={
             "guidance": "CFG on all channels, interval t <= 0.7 (t=1 noise), as REPA",
             "alignment": "none",
