@@ -125,7 +125,8 @@ class BackboneRun:
                     parts = tok.loss(xb, feats, step=step)
                     opt.zero_grad(set_to_none=True)
                     parts["loss"].backward()
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    if r.stage1_grad_clip:  # None: no clipping, as VA-VAE (issue #12)
+                        torch.nn.utils.clip_grad_norm_(params, r.stage1_grad_clip)
                     opt.step()
                     step += 1
                     for k, v in parts.items():
@@ -195,6 +196,9 @@ class BackboneRun:
         ) as prog:
             for epoch in range(start + 1, r.epochs + 1):
                 gen.train()
+                gen.apply_recipe(
+                    r, epoch - 1
+                )  # label dropout, t-sampling schedule: from the recipe (issue #12)
                 sums, count = {}, 0
                 for i, idx in enumerate(_batches(n, bs, _gen(self.seed, 2, epoch))):
                     step = (epoch - 1) * per_epoch + i
