@@ -42,13 +42,42 @@ def _user_errors(fn):
     "seed": "run seed (default 0)",
     "device": "cpu or cuda",
     "run_id": "run directory name (default: derived from seed and configuration; an existing run resumes)",
+    "resume": "continue the run in this directory (results/<suite>/<run_id>)",
+    "nproc": "processes on this node, launched through torchrun (gloo on CPU, NCCL on CUDA)",
+    "micro_batch": "samples per forward/backward (gradient accumulation; the unit of the loss's random draws)",
+    "ckpt_every": "also checkpoint every K optimizer steps (always: every epoch, before each evaluation)",
+    "preset": "tiny: the imagenet256 dry run (tiny presets, stand-in encoders)",
+    "epochs": "training epochs (and the last evaluation epoch)",
+    "num_samples": "samples per evaluation (imagenet256: 50000)",
+    "image_size": "image size of a dry run (default 256)",
+    "sample_steps": "replace the samplers' integration steps (CPU dry runs)",
+    "labels": "equal (default, num_samples / classes per class) or random",
+    "precision": "recipe (default; CPU: fp32), no, bf16, fp16",
+    "compile": "torch.compile the training step",
+    "fsdp": "shard parameters, gradients and optimizer state over the processes (FSDP2)",
+    "from_release": "sample and score the released checkpoints (bench.release) instead of training",
 })  # fmt: skip
 @_user_errors
-def bench(c, suite="smoke", backbones="", out="results", seed=0, device="cpu", run_id=""):
+def bench(c, suite="smoke", backbones="", out="results", seed=0, device="cpu", run_id="", resume="", nproc=1,
+          micro_batch=0, ckpt_every=0, preset="", epochs=0, num_samples=0, image_size=0, sample_steps=0, labels="equal",
+          precision="recipe", compile=False, fsdp=False, from_release=False):  # fmt: skip
     """Train, sample, evaluate and measure a suite's backbones into results/<suite>/<run_id>/."""
-    from bench.runner import run_bench
+    from bench import distributed
+    from bench.runner import BenchArgs, args_to_argv, plan, resume_args, run
 
-    code = run_bench(suite, backbones or None, out, int(seed), device, run_id or None)
+    a = BenchArgs(suite=suite, backbones=backbones or None, out=out, seed=int(seed), device=device,
+                  run_id=run_id or None, preset=preset or None, epochs=int(epochs) or None,
+                  num_samples=int(num_samples) or None, image_size=int(image_size) or None,
+                  sample_steps=int(sample_steps) or None, micro_batch=int(micro_batch) or None,
+                  ckpt_every=int(ckpt_every), precision=precision, compile=bool(compile), fsdp=bool(fsdp),
+                  labels=labels, from_release=bool(from_release))  # fmt: skip
+    if resume:
+        a = resume_args(resume, device=device, ckpt_every=int(ckpt_every), compile=bool(compile))
+    if int(nproc) > 1 and not distributed.launched_by_torchrun():
+        plan(a)  # every input checked before any process starts
+        code = distributed.launch(int(nproc), args_to_argv(a))
+    else:
+        code = run(a)
     if code:
         raise Exit(code=code)
 

@@ -31,6 +31,7 @@ from bench.errors import CorruptInputError, DiskFullError, OptionError, RunLocke
 METRIC_FIELDS = (
     "run_id", "suite", "backbone", "phase", "metric", "value", "epoch", "step", "images_seen", "train_flops",
     "n_samples", "extractor", "sampler", "steps", "nfe", "guidance", "device", "seed", "config_hash", "time",
+    "protocol", "labels",
 )  # fmt: skip
 
 

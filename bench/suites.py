@@ -37,6 +37,9 @@ class Suite:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # backbone -> build_backbone options
     requires: dict[str, str] = field(default_factory=dict)  # what -> environment variable holding its path
     linear_probe: bool = True
+    protocols: tuple[str, ...] = ("paper",)  # sampler protocols evaluated at every evaluation epoch
+    micro_batch: int | None = None  # default --micro-batch (the unit of the loss's random draws)
+    sample_steps: int | None = None  # replaces every step-based sampler's steps (dry runs on CPU)
 
     def preset_for(self, backbone: str) -> str:
         return self.presets.get(backbone, "tiny")
@@ -126,6 +129,8 @@ IMAGENET256 = Suite(
     metrics=("fid", "sfid", "is", "precision", "recall"),
     sample_batch_size=250,
     linear_probe=False,
+    protocols=("paper", "common"),
+    micro_batch=32,  # 256 / 1024-image global batches split evenly over 1, 2, 4, 8 ... GPUs
     requires={
         "ImageNet train folder": "GENBENCH_IMAGENET",
         "ADM reference batch VIRTUAL_imagenet256_labeled.npz": "GENBENCH_ADM_REF",
@@ -149,6 +154,41 @@ IMAGENET256_THROUGHPUT = Suite(
 )
 
 SUITES: dict[str, Suite] = {s.name: s for s in (SMOKE, PATCHES64, IMAGENET256, IMAGENET256_THROUGHPUT)}
+
+# Where each input comes from (printed with a missing input).
+HOW_TO_GET = {
+    "GENBENCH_IMAGENET": "the ILSVRC2012 train folder (one sub-folder per synset), from image-net.org",
+    "GENBENCH_ADM_REF": "VIRTUAL_imagenet256_labeled.npz from openai/guided-diffusion's evaluations/README.md",
+    "GENBENCH_INCEPTION": "pt_inception-2015-12-05-6726825d.pth, the weights file torch-fidelity downloads "
+    "(github.com/toshas/torch-fidelity releases)",
+    "GENBENCH_SD_VAE": "a diffusers folder of stabilityai/sd-vae-ft-ema or sd-vae-ft-mse (Hugging Face)",
+    "GENBENCH_WEIGHTS": "a folder with the DINOv2 ViT-B/14 and ViT-L/14 timm weights",
+}
+
+DRY_RUN_REQUIRES = {k: v for k, v in IMAGENET256.requires.items() if v in ("GENBENCH_IMAGENET", "GENBENCH_ADM_REF", "GENBENCH_INCEPTION")}  # fmt: skip
+
+
+def dry_run_suite(epochs: int = 2, num_samples: int = 64, image_size: int = 256, sample_steps=None) -> Suite:
+    """The imagenet256 protocol at toy scale: tiny presets with the stand-in encoders on any ImageNet-layout
+    folder, FID against the ADM reference batch with Inception; only the three data/weights inputs needed."""
+    tiny = {"stage1_epochs": 1, "stage1_lr": 2e-3, "stage1_batch_size": 16, **_TINY_FM, "batch_size": 16,
+            "epochs": epochs}  # fmt: skip
+    flows = {k: v for k, v in tiny.items() if not k.startswith("ema")}
+    return dataclasses.replace(
+        IMAGENET256,
+        name="imagenet256",
+        description=f"imagenet256 dry run: tiny presets, {epochs} epochs, {num_samples} samples at {image_size} px",
+        image_size=image_size,
+        presets={},
+        eval_epochs=(epochs,),
+        n_eval_samples=num_samples,
+        sample_batch_size=min(64, num_samples),
+        micro_batch=8,
+        sample_steps=sample_steps,
+        throughput_batch_sizes=(),  # the imagenet256-throughput suite measures speed at paper size
+        overrides={b: (flows if b == "starflow" else tiny) for b in IMAGENET256.backbones},
+        requires=DRY_RUN_REQUIRES,
+    )
 
 
 def get_suite(name: str) -> Suite:
@@ -186,6 +226,12 @@ def check_output_dir(out: str | Path) -> Path:
     return p
 
 
+def _has_class_folders(root: Path) -> bool:
+    if not root.is_dir():
+        return False
+    return any(p.is_dir() and any(p.iterdir()) for p in root.iterdir())
+
+
 def check_requirements(suite: Suite, device: str) -> None:
     """One error naming every missing path and how to provide it, before any work starts."""
     missing = []
@@ -199,9 +245,20 @@ def check_requirements(suite: Suite, device: str) -> None:
                 )
             continue
         value = os.environ.get(env)
+        how = f" ({HOW_TO_GET[env]})" if env in HOW_TO_GET else ""
         if not value:
-            missing.append(f"- {what}: set {env}=PATH")
+            missing.append(f"- {what}: set {env}=PATH{how}")
         elif not Path(value).exists():
-            missing.append(f"- {what}: {env}={value} does not exist")
+            missing.append(f"- {what}: {env}={value} does not exist{how}")
+        elif not os.access(value, os.R_OK) or (Path(value).is_dir() and not os.access(value, os.X_OK)):
+            missing.append(f"- {what}: {env}={value} is not readable")
+        elif env == "GENBENCH_IMAGENET" and not _has_class_folders(Path(value)):
+            missing.append(f"- {what}: {env}={value} holds no class sub-folders with images{how}")
+        elif env != "GENBENCH_IMAGENET" and Path(value).is_file():
+            try:
+                with open(value, "rb") as f:
+                    f.read(1)
+            except OSError as e:
+                missing.append(f"- {what}: {env}={value} cannot be read: {e.strerror or e}")
     if missing:
         raise SuiteError(f"suite {suite.name} cannot start; missing inputs:\n" + "\n".join(missing))

@@ -1,33 +1,42 @@
 """Training of one backbone inside a suite run: stage 1 (trainable tokenizer), latent extraction, stage 2
-(generator with EMA), evaluation at the suite's epochs, resumable from per-epoch checkpoints.
+(generator with EMA), evaluation at the suite's epochs; step-based, data-parallel, resumable.
 
-Randomness is a pure function of (run seed, stage, epoch, step): the batch order of epoch e comes from a
-generator seeded by (seed, stage, e) and the loss's draws (t, noise, label drop) from one seeded by
-(seed, stage, e, step). A resumed run therefore continues exactly as an uninterrupted one."""
+Both stages run through `bench.optimise.Loop` (global batch over ranks and micro-batches, DDP/FSDP, autocast,
+EMA, every draw a function of (run seed, step, sample index)). Checkpoints (bench.checkpoints: atomic, rank 0,
+weights_only) are written every `ckpt_every` steps and at every evaluation epoch; a rerun of the same run id
+(or `--resume RUN_DIR`) continues from the last one and evaluates what the killed run had not."""
 
 from __future__ import annotations
 
 import copy
-import math
+import inspect
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
-from baselines.api import Backbone, build_backbone, sample_seed
+from baselines.api import Backbone, build_backbone, sample_generators
+from bench import distributed as D
 from bench.checkpoints import checkpoint_ok, load_checkpoint, save_checkpoint
-from bench.data import embedded_images, to_model_range
+from bench.errors import OptionError
+from bench.evaluate import sampler_protocols
 from bench.floors import tokenizer_floor
 from bench.grids import record_evaluation
+from bench.optimise import Loop, LoopConfig, split_batch, uniform
 from bench.progress import Progress, log
-from bench.store import RunStore
 
 
-def _gen(seed: int, *key: int) -> torch.Generator:
-    s = seed
-    for k in key:
-        s = sample_seed(s, k)
-    return torch.Generator().manual_seed(s % (1 << 63))
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run executes (not what it computes, except `micro_batch`: the unit of the loss's random draws)."""
+
+    device: str = "cpu"
+    micro_batch: int | None = None
+    ckpt_every: int = 0  # steps between checkpoints (0: only at evaluation epochs)
+    precision: str = "recipe"  # recipe | no | bf16 | fp16
+    compile: bool = False
+    fsdp: bool = False
+    labels: str = "equal"  # equal | random
 
 
 def make_backbone(suite, name: str, seed: int) -> Backbone:
@@ -40,57 +49,119 @@ def make_backbone(suite, name: str, seed: int) -> Backbone:
         **suite.options.get(name, {}),
     )
     bb.recipe = bb.recipe.replace(**suite.overrides.get(name, {}))
+    # the generator reads label_drop when it is built, before suite overrides: the recipe's value wins
+    _apply_recipe(bb.generator, bb.recipe, 0.0)
     return bb
 
 
-def lr_at(recipe, step: int, total: int, base_lr: float) -> float:
-    if recipe.warmup_steps and step < recipe.warmup_steps:
-        return base_lr * (step + 1) / recipe.warmup_steps
-    if recipe.lr_schedule == "cosine":
-        p = (step - recipe.warmup_steps) / max(1, total - recipe.warmup_steps)
-        return recipe.min_lr + 0.5 * (base_lr - recipe.min_lr) * (1 + math.cos(math.pi * min(1.0, p)))
-    return base_lr
+def _apply_recipe(gen, recipe, epoch: float) -> None:
+    """The recipe's training-time settings (label dropout, t schedules) at `epoch` (fractional)."""
+    if hasattr(gen, "apply_recipe"):
+        gen.apply_recipe(recipe, epoch)
+    elif hasattr(gen, "label_drop"):
+        gen.label_drop = float(recipe.label_drop)
+
+
+def _accepts(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
 
 
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach(), 1 - decay)
-
-
-def _batches(n: int, batch: int, g: torch.Generator):
-    perm = torch.randperm(n, generator=g)
-    for s in range(0, n - batch + 1 if n >= batch else 1, batch):
-        yield perm[s : s + batch]
-
-
-def _log_epoch(store: RunStore, name: str, phase: str, sums: dict, count: int, **fields) -> dict:
-    means = {k: v / max(1, count) for k, v in sums.items()}
-    for k, v in means.items():
-        store.log_metric(name, phase, k, v, **fields)
-    return means
+def posterior_moments(bb: Backbone, x: torch.Tensor, f: torch.Tensor | None):
+    """(mean, std or None) of the tokenizer's posterior for images x (and encoder features f)."""
+    tok = bb.tokenizer
+    if hasattr(tok, "ae") and hasattr(tok.ae, "encode"):  # LDM AutoencoderKL (SD-VAE, VA-VAE, stand-ins)
+        p = tok.ae.encode(x)
+        return p.mean, p.std
+    if hasattr(tok, "posterior") and f is not None:  # FAE: [B, T, C] -> [B, C, g, g]
+        mean, logvar = tok.posterior(f)
+        g = int(round(mean.shape[1] ** 0.5))
+        to_grid = lambda t: t.transpose(1, 2).reshape(t.shape[0], -1, g, g)  # noqa: E731
+        return to_grid(mean), to_grid(torch.exp(0.5 * logvar))
+    return (tok.encode(x, f) if tok.needs_features else tok.encode(x)), None
 
 
 class BackboneRun:
     """Everything one backbone needs in a suite run; `run()` trains, evaluates and measures it."""
 
-    def __init__(self, suite, name: str, store: RunStore, seed: int, device: str, reference, extractor):
-        self.suite, self.name, self.store, self.seed, self.device = suite, name, store, seed, device
-        self.reference, self.extractor = reference, extractor
+    def __init__(self, suite, name: str, store, seed: int, opts: RunOptions, reference, extractor,
+                 data, bb: Backbone | None = None):  # fmt: skip
+        self.suite, self.name, self.store, self.seed, self.opts = suite, name, store, seed, opts
+        self.device = opts.device
+        self.reference, self.extractor, self.data = reference, extractor, data
         self.dir = store.backbone_dir(name)
-        self.bb = make_backbone(suite, name, seed)
-        self.bb.tokenizer.to(device)
-        self.bb.generator.to(device)
-        if self.bb.encoder is not None:
-            self.bb.encoder.to(device)
-        images, labels = embedded_images(
-            suite.image_size, suite.n_train_per_class, "train", num_classes=suite.num_classes
-        )
-        self.x = to_model_range(images).to(device)
-        self.y = torch.from_numpy(labels).to(device)
+        self.bb = bb if bb is not None else make_backbone(suite, name, seed)
+        for m in (self.bb.tokenizer, self.bb.generator, self.bb.encoder):
+            if m is not None:
+                m.to(self.device)
+        self.x, self.y = data.train(self.device)
         self.done_rows = {
-            (r["phase"], r["metric"], r["epoch"]) for r in store.metrics() if r["backbone"] == name
+            (r["phase"], r["metric"], r["epoch"], r.get("protocol"))
+            for r in store.metrics()
+            if r["backbone"] == name
         }
+        self.missing_fid: list[str] = []
+
+    def log_metric(self, *args, **kw) -> None:
+        if D.is_main():
+            self.store.log_metric(self.name, *args, **kw)
+
+    def _save(self, path, state) -> None:
+        if D.is_main():
+            save_checkpoint(path, state)
+        D.barrier()
+
+    def _resume_state(self, path):
+        if not checkpoint_ok(path):
+            return None
+        return load_checkpoint(path, map_location="cpu")
+
+    # --- the loop shared by both stages ---------------------------------------------------------------
+    def _optimise(self, loop: Loop, total: int, state_path, phase: str, on_epoch, extra_state=dict, desc=""):
+        start, sums, count = 0, {}, 0
+        state = self._resume_state(state_path)
+        if state is not None:
+            loop.load(state)
+            start, sums, count = int(state["step"]), state["epoch_sums"], int(state["epoch_count"])
+            log.info(f"[{self.name}] {phase}: resumed at step {start}/{total} from {state_path}")
+            if start % loop.steps_per_epoch == 0 and start > 0:
+                on_epoch(start // loop.steps_per_epoch, start, resumed=True)
+        bs = loop.cfg.batch
+        with Progress(f"[{self.name}] {desc}", total=(total - start) * bs, unit="img") as prog:
+            t0 = time.perf_counter()
+            for step in range(start, total):
+                out = loop.step(step)
+                for k, v in out.items():
+                    if k != "lr":
+                        sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                prog.update(bs, loss=out["loss"])
+                done = step + 1
+                boundary = done % loop.steps_per_epoch == 0
+                if boundary:
+                    epoch = done // loop.steps_per_epoch
+                    means = {k: v / max(1, count) for k, v in sums.items()}
+                    rate = (done - start) * bs / max(1e-9, time.perf_counter() - t0)
+                    self._log_epoch(phase, means, epoch, done, done * bs, rate)
+                    sums, count = {}, 0
+                ckpt_now = (self.opts.ckpt_every and done % self.opts.ckpt_every == 0) or done == total
+                if boundary and on_epoch(done // loop.steps_per_epoch, done, check_only=True):
+                    ckpt_now = True  # checkpoint before an evaluation: a crash there loses no training
+                if ckpt_now:
+                    self._save(state_path, {**loop.state(), "step": done, "epoch_sums": sums,
+                                            "epoch_count": count, **extra_state()})  # fmt: skip
+                if boundary:
+                    on_epoch(done // loop.steps_per_epoch, done)
+        return start
+
+    def _log_epoch(self, phase: str, means: dict, epoch: int, step: int, seen: int, rate: float) -> None:
+        fields = dict(epoch=epoch, step=step, images_seen=seen)
+        if phase == "train":
+            fields["train_flops"] = self.train_flops_per_image * seen
+        for k, v in means.items():
+            self.log_metric(phase, k, v, **fields)
+        shown = " ".join(f"{k}={v:.4g}" for k, v in means.items())
+        log.info(f"[{self.name}] {phase} epoch {epoch}: {shown} ({rate:.1f} img/s)")
 
     # --- stage 1 -------------------------------------------------------------------------------------
     def train_tokenizer(self) -> None:
@@ -98,218 +169,243 @@ class BackboneRun:
         if not tok.trainable or r.stage1_epochs <= 0:
             return
         key = tok.shared_key
-        ckpt = self.store.dir / "_shared" / f"{key}.pt" if key else self.dir / "stage1.pt"
-        if ckpt.exists() and not checkpoint_ok(ckpt):  # torn or tampered: recomputed, never used
-            log.info(f"[{self.name}] stage 1: {ckpt} fails its checksum; training it again")
-        elif ckpt.exists():
-            state = load_checkpoint(ckpt, map_location=self.device)
+        final = self.store.dir / "_shared" / f"{key}.pt" if key else self.dir / "stage1.pt"
+        if checkpoint_ok(final):
+            state = load_checkpoint(final, map_location=self.device)
             tok.load_state_dict(state["tokenizer"])
-            log.info(
-                f"[{self.name}] stage 1: loaded {ckpt}"
-                + (f" (shared tokenizer trained by {state['trained_by']})" if key else "")
-            )
+            log.info(f"[{self.name}] stage 1: loaded {final}" + (f" (shared tokenizer trained by {state['trained_by']})" if key else ""))  # fmt: skip
             return
+        n, world = len(self.x), D.world()
+        bs = self._global_batch(r.stage1_batch_size, n, "stage-1 batch")
+        per_epoch = max(1, n // bs)
+        total = r.stage1_epochs * per_epoch
+        tok.total_steps = total
         params = [p for p in tok.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=r.stage1_lr, betas=r.stage1_betas, weight_decay=0.0)
-        n, bs = len(self.x), r.stage1_batch_size
-        per_epoch = max(1, n // bs)
-        tok.total_steps = r.stage1_epochs * per_epoch
+        cfg = LoopConfig(stage=1, n=n, batch=bs, micro=split_batch(bs, self.opts.micro_batch, world, "stage-1 batch"),
+                         total_steps=total, lr=r.stage1_lr, schedule=r.stage1_lr_schedule, warmup=r.stage1_warmup_steps,
+                         min_lr=r.stage1_min_lr, grad_clip=r.stage1_grad_clip, mixed_precision=r.mixed_precision,
+                         precision=self.opts.precision, compile=self.opts.compile, fsdp=self.opts.fsdp)  # fmt: skip
+        pass_gen = _accepts(tok.loss, "generator")
+
+        def loss_fn(model, idx, g, step):
+            xb = self.x[idx.to(self.x.device)]
+            feats = self.bb.features(xb) if tok.needs_features else None
+            return model(xb, feats, step=step, **({"generator": g} if pass_gen else {}))
+
         tok.train()
-        step = 0
-        with Progress(f"[{self.name}] stage 1 (tokenizer)", total=tok.total_steps * bs, unit="img") as prog:
-            for epoch in range(1, r.stage1_epochs + 1):
-                sums, count = {}, 0
-                for idx in _batches(n, bs, _gen(self.seed, 1, epoch)):
-                    xb = self.x[idx]
-                    feats = self.bb.features(xb) if tok.needs_features else None
-                    parts = tok.loss(xb, feats, step=step)
-                    opt.zero_grad(set_to_none=True)
-                    parts["loss"].backward()
-                    if r.stage1_grad_clip:  # None: no clipping, as VA-VAE (issue #12)
-                        torch.nn.utils.clip_grad_norm_(params, r.stage1_grad_clip)
-                    opt.step()
-                    step += 1
-                    for k, v in parts.items():
-                        sums[k] = sums.get(k, 0.0) + float(v.detach())
-                    count += 1
-                    prog.update(len(idx), loss=float(parts["loss"].detach()))
-                means = _log_epoch(
-                    self.store,
-                    self.name,
-                    "stage1",
-                    sums,
-                    count,
-                    epoch=epoch,
-                    step=step,
-                    images_seen=step * bs,
-                )
-                log.info(
-                    f"[{self.name}] stage 1 epoch {epoch}: "
-                    + " ".join(f"{k}={v:.4g}" for k, v in means.items())
-                )
+        loop = Loop(cfg, tok, "loss", params, opt, self.seed, self.device, loss_fn)
+        self._optimise(loop, total, self.dir / "stage1_state.pt", "stage1", lambda *a, **k: False,
+                       desc="stage 1 (tokenizer)")  # fmt: skip
         tok.eval()
-        save_checkpoint(ckpt, {"tokenizer": tok.state_dict(), "trained_by": self.name})
+        self._save(final, {"tokenizer": tok.state_dict(), "trained_by": self.name})
+
+    def _global_batch(self, bs: int, n: int, what: str) -> int:
+        if n < bs:
+            raise OptionError(
+                f"[{self.name}] the data set has {n} images, fewer than the {what} {bs}; use a larger data set"
+            )
+        return bs
 
     # --- latents --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_all(self, x: torch.Tensor, moments: bool = False):
+        """Raw posterior means of x (and, with moments, the std or None) + generator features (or None)."""
         tok = self.bb.tokenizer
         tok.eval()
-        zs, fs = [], []
+        ms, ss, fs = [], [], []
         need_f = self.bb.generator.needs_features
         for s in range(0, len(x), 256):
             xb = x[s : s + 256]
             f = self.bb.features(xb) if (tok.needs_features or need_f) else None
-            zs.append(tok.encode(xb, f) if tok.needs_features else tok.encode(xb))
+            if moments:
+                m, sd = posterior_moments(self.bb, xb, f)
+                ss.append(sd)
+            else:
+                m = tok.encode(xb, f) if tok.needs_features else tok.encode(xb)
+            ms.append(m)
             if need_f:
                 fs.append(f)
-        return torch.cat(zs), (torch.cat(fs) if need_f else None)
+        std = torch.cat(ss) if moments and ss and ss[0] is not None else None
+        out = (torch.cat(ms), torch.cat(fs) if need_f else None)
+        return (*out, std) if moments else out
+
+    def prepare_latents(self) -> None:
+        """Posterior moments of the training images and their flips (when the recipe flips), normalisation."""
+        r, tok = self.bb.recipe, self.bb.tokenizer
+        if r.posterior not in ("mean", "sample", "sample_once"):
+            raise OptionError(f"unknown posterior {r.posterior!r}; known: mean, sample, sample_once")
+        self.mean, self.feats, self.std = self.encode_all(self.x, moments=True)
+        self.mean_f = self.feats_f = self.std_f = None
+        if r.hflip > 0:
+            self.mean_f, self.feats_f, self.std_f = self.encode_all(self.x.flip(-1), moments=True)
+        if r.posterior != "mean" and self.std is None:
+            log.info(
+                f"[{self.name}] posterior={r.posterior!r}: tokenizer has no posterior std; using the mean"
+            )
+        if r.posterior == "sample_once" and self.std is not None:  # one draw per image, as at extraction
+            idx = torch.arange(len(self.mean))
+            self.mean = self._sample(self.mean, self.std, idx, 0, stream=6)
+            if self.mean_f is not None:
+                self.mean_f = self._sample(self.mean_f, self.std_f, idx, 0, stream=7)
+            self.std = self.std_f = None
+        if r.latent_norm == "per_channel":
+            tok.set_latent_stats(self.mean)
+        elif r.latent_norm == "scale":
+            tok.latent_mean, tok.latent_std = torch.zeros(0), torch.zeros(0)
+        elif r.latent_norm == "released":
+            if tok.latent_mean.numel() == 0 and tok.latent_scale == 1.0:
+                raise OptionError(
+                    f"[{self.name}] latent_norm='released' but the tokenizer has no released statistics"
+                )
+        else:
+            raise OptionError(f"unknown latent_norm {r.latent_norm!r}; known: per_channel, scale, released")
+
+    def _sample(self, mean, std, idx, step: int, stream: int) -> torch.Tensor:
+        gens = sample_generators(self.seed * 1_000_003 + stream * 7919 + step, idx.tolist())
+        eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens]).to(mean)
+        return mean[idx.to(mean.device)] + std[idx.to(std.device)] * eps
+
+    def batch_latents(self, idx: torch.Tensor, step: int):
+        """Normalised latents (+ features) of samples idx at `step`: flip and posterior draw per sample."""
+        r = self.bb.recipe
+        flip = torch.zeros(len(idx), dtype=torch.bool)
+        if self.mean_f is not None:
+            flip = torch.tensor([uniform(self.seed, 5, step, int(i)) < r.hflip for i in idx])
+        dev = self.mean.device
+        z = self.mean[idx.to(dev)]
+        if r.posterior == "sample" and self.std is not None:
+            z = self._sample(self.mean, self.std, idx, step, stream=4)
+        f = None if self.feats is None else self.feats[idx.to(dev)]
+        if flip.any():
+            fi = idx[flip]
+            zf = self.mean_f[fi.to(dev)]
+            if r.posterior == "sample" and self.std_f is not None:
+                zf = self._sample(self.mean_f, self.std_f, fi, step, stream=4)
+            z = z.clone()
+            z[flip.to(dev)] = zf
+            if f is not None:
+                f = f.clone()
+                f[flip.to(dev)] = self.feats_f[fi.to(dev)]
+        return self.bb.tokenizer.normalize(z), f
 
     # --- stage 2 -------------------------------------------------------------------------------------
     def train_generator(self) -> None:
-        bb, r, gen = self.bb, self.bb.recipe, self.bb.generator
-        raw, feats = self.encode_all(self.x)
-        bb.tokenizer.set_latent_stats(raw)
-        lat = bb.tokenizer.normalize(raw)
-        ema = copy.deepcopy(gen).eval().requires_grad_(False)
-        params = [p for p in gen.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=r.lr, betas=r.betas, weight_decay=r.weight_decay)
-        n, bs = len(lat), r.batch_size
+        r, gen = self.bb.recipe, self.bb.generator
+        self.prepare_latents()
+        n, world = len(self.mean), D.world()
+        bs = self._global_batch(r.batch_size, n, "batch")
         per_epoch = max(1, n // bs)
         total = r.epochs * per_epoch
-        flops = 3.0 * gen.flops_per_image()  # forward + backward ~ 3x forward
-        ckpt = self.dir / "stage2.pt"
-        start = 0
-        if ckpt.exists() and not checkpoint_ok(ckpt):  # torn or tampered: recomputed, never used
-            log.info(f"[{self.name}] stage 2: {ckpt} fails its checksum; training from the start")
-        elif ckpt.exists():
-            state = load_checkpoint(ckpt, map_location=self.device)
-            gen.load_state_dict(state["generator"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["opt"])
-            start = int(state["epoch"])
-            log.info(f"[{self.name}] stage 2: resumed after epoch {start} from {ckpt}")
-        self.ema = ema
+        self.steps_per_epoch = per_epoch
+        self.train_flops_per_image = 3.0 * gen.flops_per_image()  # forward + backward ~ 3x forward
+        params = [p for p in gen.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=r.lr, betas=r.betas, weight_decay=r.weight_decay)
+        cfg = LoopConfig(stage=2, n=n, batch=bs, micro=split_batch(bs, self.opts.micro_batch, world),
+                         total_steps=total, lr=r.lr, schedule=r.lr_schedule,
+                         warmup=r.warmup_steps + round(r.warmup_epochs * per_epoch), min_lr=r.min_lr,
+                         grad_clip=r.grad_clip, mixed_precision=r.mixed_precision, precision=self.opts.precision,
+                         compile=self.opts.compile, fsdp=self.opts.fsdp, ema_decay=r.ema_decay,
+                         ema_warmup=r.ema_warmup)  # fmt: skip
+
+        def loss_fn(model, idx, g, step):
+            _apply_recipe(gen, r, step / per_epoch)
+            z, f = self.batch_latents(idx, step)
+            return model(z, self.y[idx.to(self.y.device)], f, generator=g)
+
+        gen.train()
+        self.loop = Loop(cfg, gen, "loss", params, opt, self.seed, self.device, loss_fn)
+        self.ema = self.loop.ema
         self.test_latents = None
-        with Progress(
-            f"[{self.name}] stage 2 (generator)", total=(total - start * per_epoch) * bs, unit="img"
-        ) as prog:
-            for epoch in range(start + 1, r.epochs + 1):
-                gen.train()
-                gen.apply_recipe(
-                    r, epoch - 1
-                )  # label dropout, t-sampling schedule: from the recipe (issue #12)
-                sums, count = {}, 0
-                for i, idx in enumerate(_batches(n, bs, _gen(self.seed, 2, epoch))):
-                    step = (epoch - 1) * per_epoch + i
-                    for group in opt.param_groups:
-                        group["lr"] = lr_at(r, step, total, r.lr)
-                    parts = gen.loss(
-                        lat[idx],
-                        self.y[idx],
-                        None if feats is None else feats[idx],
-                        generator=_gen(self.seed, 3, epoch, i),
-                    )
-                    if not torch.isfinite(parts["loss"]):
-                        raise FloatingPointError(
-                            f"[{self.name}] non-finite training loss at epoch {epoch} step {i}"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    parts["loss"].backward()
-                    if r.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
-                    opt.step()
-                    ema_update(
-                        ema, gen, min(r.ema_decay, (1 + step) / (10 + step)) if r.ema_warmup else r.ema_decay
-                    )
-                    for k, v in parts.items():
-                        sums[k] = sums.get(k, 0.0) + float(v.detach())
-                    count += 1
-                    prog.update(len(idx), loss=float(parts["loss"].detach()))
-                seen = epoch * per_epoch * bs
-                means = _log_epoch(
-                    self.store,
-                    self.name,
-                    "train",
-                    sums,
-                    count,
-                    epoch=epoch,
-                    step=epoch * per_epoch,
-                    images_seen=seen,
-                    train_flops=flops * seen,
-                )
-                log.info(
-                    f"[{self.name}] epoch {epoch}/{r.epochs}: "
-                    + " ".join(f"{k}={v:.4g}" for k, v in means.items())
-                )
-                if epoch in self.suite.eval_epochs or epoch == r.epochs:
-                    self.evaluate(epoch, epoch * per_epoch, seen, flops * seen)
-                save_checkpoint(
-                    ckpt,
-                    {
-                        "generator": gen.state_dict(),
-                        "ema": ema.state_dict(),
-                        "opt": opt.state_dict(),
-                        "epoch": epoch,
-                    },
-                )
+        tok = self.bb.tokenizer
+        extra = lambda: {"latent_mean": tok.latent_mean, "latent_std": tok.latent_std}  # noqa: E731
+
+        def on_epoch(epoch, step, check_only=False, resumed=False):
+            due = epoch in self.suite.eval_epochs or epoch == r.epochs
+            if check_only or not due:
+                return due
+            pending = [p for p in self.protocols if ("eval", "fid", epoch, p) not in self.done_rows]
+            if resumed and not pending:
+                return due
+            self.evaluate(epoch, step, step * bs, self.train_flops_per_image * step * bs)
+            gen.train()
+            return due
+
+        self.protocols = self.suite.protocols
+        self._optimise(
+            self.loop, total, self.dir / "stage2.pt", "train", on_epoch, extra, "stage 2 (generator)"
+        )
 
     # --- evaluation ----------------------------------------------------------------------------------
     def _eval_backbone(self) -> Backbone:
         bb = copy.copy(self.bb)
-        bb.generator = self.ema
+        bb.generator = self.loop.eval_model()
+        self.ema = bb.generator
         return bb
 
     def evaluate(self, epoch: int, step: int, seen: int, train_flops: float) -> None:
         from bench.evaluate import score
+        from bench.metrics import NonFiniteSamplesError
         from bench.sample import generate
 
-        s, r = self.suite, self.bb.recipe
-        nfe = self.bb.generator.nfe(r.sampler)
-        # sampler name, steps, guidance scale (1 = off) in one convention for every family
-        d = self.bb.generator.describe(r.sampler)
-        fields = dict(epoch=epoch, step=step, images_seen=seen, train_flops=train_flops, n_samples=s.n_eval_samples,
-                      sampler=d["sampler"], steps=d["steps"], nfe=nfe, guidance=d["guidance"])  # fmt: skip
-        out = generate(self._eval_backbone(), s.n_eval_samples, s.num_classes, self.seed, s.image_size, batch_size=s.sample_batch_size,
-                       device=self.device, desc=f"[{self.name}] sample epoch {epoch}")  # fmt: skip
-        self.store.log_metric(self.name, "eval", "n_nonfinite", out["n_nonfinite"], **fields)
-        record_evaluation(self, epoch, out)  # grid PNG + samples npz
-        try:
-            metrics = score(out["images"], self.reference, self.extractor, s.metrics, out["n_nonfinite"])
-        except ValueError as e:
-            log.info(f"[{self.name}] epoch {epoch}: {e}")
+        s = self.suite
+        ebb = self._eval_backbone()
+        for protocol, (overrides, desc) in sampler_protocols(
+            ebb, self.protocols, self.suite.sample_steps
+        ).items():
+            if ("eval", "fid", epoch, protocol) in self.done_rows:
+                continue
+            fields = dict(epoch=epoch, step=step, images_seen=seen, train_flops=train_flops, n_samples=s.n_eval_samples,
+                          protocol=protocol, labels=self.opts.labels, **desc)  # fmt: skip
+            # paper scale (imagenet suites): checksummed, resumable ADM npz shards merged into samples.npz
+            shards = self.dir / "samples" / f"epoch{epoch:04d}_{protocol}" if s.data == "imagenet" else None
+            out = generate(ebb, s.n_eval_samples, s.num_classes, self.seed, s.image_size, out_dir=shards,
+                           batch_size=s.sample_batch_size, device=self.device, labels=self.opts.labels,
+                           desc=f"[{self.name}] sample epoch {epoch} ({protocol})", **overrides)  # fmt: skip
+            self.log_metric("eval", "n_nonfinite", out["n_nonfinite"], **fields)
+            record_evaluation(
+                self, epoch, out, protocol, first=protocol == self.protocols[0]
+            )  # grid PNG + npz
             metrics = {}
-        for k, v in metrics.items():
-            self.store.log_metric(self.name, "eval", k, v, extractor=self.extractor.name, **fields)
-        extra = self.ema.eval_metrics(*self._test_set())
-        for k, v in extra.items():
-            self.store.log_metric(
-                self.name, "eval", k, v, **{**fields, "n_samples": len(self._test_set()[0])}
+            if D.is_main():
+                samples = out["path"] if shards is not None else out["images"]
+                try:
+                    metrics = score(
+                        samples,
+                        self.reference,
+                        self.extractor,
+                        s.metrics,
+                        out["n_nonfinite"],
+                        s.n_eval_samples,
+                    )
+                except NonFiniteSamplesError as e:  # recorded above; the run fails at its end (no FID)
+                    log.info(f"[{self.name}] epoch {epoch} ({protocol}): {e}")
+                    self.missing_fid.append(f"epoch {epoch} {protocol}")
+            for k, v in metrics.items():
+                self.log_metric("eval", k, v, extractor=self.extractor.name, **fields)
+            extra = (
+                self.ema.eval_metrics(*self._test_set())
+                if protocol == self.protocols[0] and self.data.has_test
+                else {}
             )
-        shown = " ".join(f"{k}={v:.4g}" for k, v in {**metrics, **extra}.items())
-        log.info(f"[{self.name}] eval epoch {epoch}: {shown} (nfe {nfe}, {out['seconds']:.1f}s sampling)")
+            for k, v in extra.items():
+                self.log_metric("eval", k, v, **{**fields, "n_samples": len(self._test_set()[0])})
+            shown = " ".join(f"{k}={v:.4g}" for k, v in {**metrics, **extra}.items())
+            log.info(f"[{self.name}] eval epoch {epoch} ({protocol}): {shown} (nfe {desc['nfe']}, {out['seconds']:.1f}s sampling)")  # fmt: skip
+            D.barrier()
 
     def _test_set(self):
         if self.test_latents is None:
-            images, labels = embedded_images(
-                self.suite.image_size,
-                max(8, self.suite.n_ref_per_class // 4),
-                "test",
-                num_classes=self.suite.num_classes,
-            )
-            raw, _ = self.encode_all(to_model_range(images).to(self.device))
-            self.test_latents = (self.bb.tokenizer.normalize(raw), torch.from_numpy(labels).to(self.device))
+            xt, yt = self.data.test(self.device)
+            raw, _ = self.encode_all(xt)
+            self.test_latents = (self.bb.tokenizer.normalize(raw), yt)
         return self.test_latents
 
     def linear_probes(self) -> None:
         """Linear-probe accuracy of the tokenizer latent (and of the frozen encoder's own features)."""
         from bench.linear_probe import linear_probe
 
-        s = self.suite
-        test_img, test_lab = embedded_images(
-            s.image_size, s.n_ref_per_class, "test", num_classes=s.num_classes
-        )
-        xt = to_model_range(test_img).to(self.device)
+        xt, yt = self.data.probe(self.device)
         with torch.no_grad():
             z_tr, _ = self.encode_all(self.x)
             z_te, _ = self.encode_all(xt)
@@ -320,16 +416,9 @@ class BackboneRun:
                     self.bb.features(xt).flatten(1),
                 )
         for what, (a, b) in probes.items():
-            acc = linear_probe(a.cpu(), self.y.cpu(), b.cpu(), torch.from_numpy(test_lab), seed=self.seed)
-            self.store.log_metric(
-                self.name,
-                "eval",
-                "linear_probe_acc",
-                acc,
-                extractor=f"{self.name}_{what}",
-                n_samples=len(test_lab),
-                epoch=self.bb.recipe.epochs,
-            )
+            acc = linear_probe(a.cpu(), self.y.cpu(), b.cpu(), yt.cpu(), seed=self.seed)
+            self.log_metric("eval", "linear_probe_acc", acc, extractor=f"{self.name}_{what}", n_samples=len(yt),
+                            epoch=self.bb.recipe.epochs)  # fmt: skip
             log.info(f"[{self.name}] linear probe on {what}: {100 * acc:.1f}%")
 
     def run(self) -> None:
@@ -337,18 +426,51 @@ class BackboneRun:
         self.train_tokenizer()
         tokenizer_floor(self)  # rFID/PSNR floor rows (bench/floors.py)
         self.train_generator()
-        if (
-            self.suite.linear_probe
-            and ("eval", "linear_probe_acc", self.bb.recipe.epochs) not in self.done_rows
-        ):
-            self.linear_probes()
-        if not any(p == "throughput" for p, _, _ in self.done_rows):
-            from bench.throughput import measure_backbone
+        if D.is_main():
+            if (
+                self.suite.linear_probe
+                and ("eval", "linear_probe_acc", self.bb.recipe.epochs, None) not in self.done_rows
+            ):
+                self.linear_probes()
+            if self.suite.throughput_batch_sizes and not any(
+                p == "throughput" for p, _, _, _ in self.done_rows
+            ):
+                from bench.throughput import measure_backbone
 
-            measure_backbone(self.bb, self.store, self.name, self.suite, self.device, seed=self.seed)
-        self.store.log_metric(
-            self.name, "run", "wall_s", time.perf_counter() - t0, epoch=self.bb.recipe.epochs
+                measure_backbone(self.bb, self.store, self.name, self.suite, self.device, seed=self.seed)
+        D.barrier()
+        if self.missing_fid:
+            raise RuntimeError(f"[{self.name}] no FID for {', '.join(self.missing_fid)} (non-finite samples)")
+        self.log_metric("run", "wall_s", time.perf_counter() - t0, epoch=self.bb.recipe.epochs)
+
+
+class ReleaseRun(BackboneRun):
+    """A released checkpoint (bench.release.load_release): no training, the paper/common evaluation once."""
+
+    def __init__(self, suite, name, store, seed, opts, reference, extractor, data, bb):
+        self.suite, self.name, self.store, self.seed, self.opts = suite, name, store, seed, opts
+        self.device, self.reference, self.extractor, self.data, self.bb = (
+            opts.device,
+            reference,
+            extractor,
+            data,
+            bb,
         )
+        self.dir = store.backbone_dir(name)
+        self.done_rows = {(r["phase"], r["metric"], r["epoch"], r.get("protocol")) for r in store.metrics()
+                          if r["backbone"] == name}  # fmt: skip
+        self.missing_fid, self.protocols = [], suite.protocols
+
+    def _eval_backbone(self) -> Backbone:
+        self.ema = self.bb.generator
+        return self.bb
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        self.evaluate(0, 0, 0, 0.0)  # epoch 0: the release as published
+        if self.missing_fid:
+            raise RuntimeError(f"[{self.name}] no FID for the release (non-finite samples)")
+        self.log_metric("run", "wall_s", time.perf_counter() - t0, epoch=0)
 
 
 def recipe_dict(bb: Backbone) -> dict:
@@ -357,8 +479,7 @@ def recipe_dict(bb: Backbone) -> dict:
     return d
 
 
-def backbone_config(suite, name: str) -> dict:
-    """The resolved configuration of one backbone in a suite (what config.json records)."""
-    bb = make_backbone(suite, name, 0)
+def backbone_config(bb: Backbone) -> dict:
+    """The resolved configuration of one built backbone (what config.json records)."""
     return {"recipe": recipe_dict(bb), "notes": bb.notes, "family": bb.family,
             "params": {"tokenizer": sum(p.numel() for p in bb.tokenizer.parameters()), "generator": sum(p.numel() for p in bb.generator.parameters())}}  # fmt: skip

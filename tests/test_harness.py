@@ -124,7 +124,7 @@ def test_mini_run_is_deterministic_resumable_and_reportable(tmp_path, mini_suite
     finally:
         BackboneRun.evaluate = real_evaluate
     assert run_bench("mini", "repa", str(c), seed=3) == 0
-    assert "resumed after epoch 2" in (next((c / "mini").iterdir()) / "log.txt").read_text()
+    assert "resumed at step" in (next((c / "mini").iterdir()) / "log.txt").read_text()
     assert _values(c) == _values(a)
 
     # the report is rebuilt from the store alone
