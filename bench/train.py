@@ -123,7 +123,7 @@ class BackboneRun:
         if state is not None:
             loop.load(state)
             start, sums, count = int(state["step"]), state["epoch_sums"], int(state["epoch_count"])
-            log.info(f"[{self.name}] {phase}: resumed at step {start}/{total} from {state_path}")
+            log.info(f"[{self.name}] {phase}: resumed after epoch {start / loop.steps_per_epoch:g} (step {start}/{total}) from {state_path}")  # fmt: skip
             if start % loop.steps_per_epoch == 0 and start > 0:
                 on_epoch(start // loop.steps_per_epoch, start, resumed=True)
         bs = loop.cfg.batch
@@ -144,7 +144,10 @@ class BackboneRun:
                     rate = (done - start) * bs / max(1e-9, time.perf_counter() - t0)
                     self._log_epoch(phase, means, epoch, done, done * bs, rate)
                     sums, count = {}, 0
-                ckpt_now = (self.opts.ckpt_every and done % self.opts.ckpt_every == 0) or done == total
+                # every epoch and every ckpt_every steps (an ImageNet epoch is thousands of steps)
+                ckpt_now = (
+                    boundary or (self.opts.ckpt_every and done % self.opts.ckpt_every == 0) or done == total
+                )
                 if boundary and on_epoch(done // loop.steps_per_epoch, done, check_only=True):
                     ckpt_now = True  # checkpoint before an evaluation: a crash there loses no training
                 if ckpt_now:
@@ -161,7 +164,9 @@ class BackboneRun:
         for k, v in means.items():
             self.log_metric(phase, k, v, **fields)
         shown = " ".join(f"{k}={v:.4g}" for k, v in means.items())
-        log.info(f"[{self.name}] {phase} epoch {epoch}: {shown} ({rate:.1f} img/s)")
+        total = self.bb.recipe.epochs if phase == "train" else self.bb.recipe.stage1_epochs
+        what = "epoch" if phase == "train" else f"{phase} epoch"
+        log.info(f"[{self.name}] {what} {epoch}/{total}: {shown} ({rate:.1f} img/s)")
 
     # --- stage 1 -------------------------------------------------------------------------------------
     def train_tokenizer(self) -> None:
@@ -170,7 +175,9 @@ class BackboneRun:
             return
         key = tok.shared_key
         final = self.store.dir / "_shared" / f"{key}.pt" if key else self.dir / "stage1.pt"
-        if checkpoint_ok(final):
+        if final.exists() and not checkpoint_ok(final):  # torn or tampered: recomputed, never used
+            log.info(f"[{self.name}] stage 1: {final} fails its checksum; training it again")
+        elif checkpoint_ok(final):
             state = load_checkpoint(final, map_location=self.device)
             tok.load_state_dict(state["tokenizer"])
             log.info(f"[{self.name}] stage 1: loaded {final}" + (f" (shared tokenizer trained by {state['trained_by']})" if key else ""))  # fmt: skip
@@ -195,10 +202,14 @@ class BackboneRun:
 
         tok.train()
         loop = Loop(cfg, tok, "loss", params, opt, self.seed, self.device, loss_fn)
-        self._optimise(loop, total, self.dir / "stage1_state.pt", "stage1", lambda *a, **k: False,
+        state_path = self.dir / "stage1_state.pt"
+        self._optimise(loop, total, state_path, "stage1", lambda *a, **k: False,
                        desc="stage 1 (tokenizer)")  # fmt: skip
         tok.eval()
         self._save(final, {"tokenizer": tok.state_dict(), "trained_by": self.name})
+        if D.is_main():  # the final checkpoint supersedes the loop's state
+            for p in (state_path, state_path.with_name(state_path.name + ".sha256")):
+                p.unlink(missing_ok=True)
 
     def _global_batch(self, bs: int, n: int, what: str) -> int:
         if n < bs:
@@ -361,7 +372,7 @@ class BackboneRun:
             shards = self.dir / "samples" / f"epoch{epoch:04d}_{protocol}" if s.data == "imagenet" else None
             out = generate(ebb, s.n_eval_samples, s.num_classes, self.seed, s.image_size, out_dir=shards,
                            batch_size=s.sample_batch_size, device=self.device, labels=self.opts.labels,
-                           desc=f"[{self.name}] sample epoch {epoch} ({protocol})", **overrides)  # fmt: skip
+                           desc=f"[{self.name}] sample epoch {epoch}" + (f" ({protocol})" if len(self.protocols) > 1 else ""), **overrides)  # fmt: skip
             self.log_metric("eval", "n_nonfinite", out["n_nonfinite"], **fields)
             record_evaluation(
                 self, epoch, out, protocol, first=protocol == self.protocols[0]

@@ -108,7 +108,7 @@ def test_mini_run_is_deterministic_resumable_and_reportable(tmp_path, mini_suite
     assert run_bench("mini", "repa", str(b), seed=3) == 0
     assert _values(a) == _values(b)
 
-    # killed during epoch 3's evaluation (checkpoint still at epoch 2), then resumed: same values as uninterrupted
+    # killed during epoch 3's evaluation (checkpointed before it), then resumed: only the evaluation reruns, same values
     c = tmp_path / "c"
     real_evaluate = BackboneRun.evaluate
 
@@ -124,7 +124,7 @@ def test_mini_run_is_deterministic_resumable_and_reportable(tmp_path, mini_suite
     finally:
         BackboneRun.evaluate = real_evaluate
     assert run_bench("mini", "repa", str(c), seed=3) == 0
-    assert "resumed at step" in (next((c / "mini").iterdir()) / "log.txt").read_text()
+    assert "resumed after epoch" in (next((c / "mini").iterdir()) / "log.txt").read_text()
     assert _values(c) == _values(a)
 
     # the report is rebuilt from the store alone
