@@ -123,6 +123,8 @@ class RunData:
 
             self.sources = type("Sources", (), {"reference": Path(os.environ["GENBENCH_ADM_REF"])})()
         self.has_test = suite.data == "embedded"
+        # ImageNet trains the generator from the shared latent cache; embedded suites encode in memory
+        self.latent_cache = suite.data == "imagenet"
         self._train = None
 
     def _embedded(self, n_per_class: int, split: str, device):

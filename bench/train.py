@@ -94,13 +94,27 @@ class BackboneRun:
         for m in (self.bb.tokenizer, self.bb.generator, self.bb.encoder):
             if m is not None:
                 m.to(self.device)
-        self.x, self.y = data.train(self.device)
+        self._xy = None
+        self.cache_ds = None
         self.done_rows = {
             (r["phase"], r["metric"], r["epoch"], r.get("protocol"))
             for r in store.metrics()
             if r["backbone"] == name
         }
         self.missing_fid: list[str] = []
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The training images [-1, 1] NCHW (stage 1, in-memory latents, probes); loaded on first use."""
+        if self._xy is None:
+            self._xy = self.data.train(self.device)
+        return self._xy[0]
+
+    @property
+    def y(self) -> torch.Tensor:
+        if self._xy is None:
+            self._xy = self.data.train(self.device)
+        return self._xy[1]
 
     def log_metric(self, *args, **kw) -> None:
         if D.is_main():
@@ -246,6 +260,8 @@ class BackboneRun:
         r, tok = self.bb.recipe, self.bb.tokenizer
         if r.posterior not in ("mean", "sample", "sample_once"):
             raise OptionError(f"unknown posterior {r.posterior!r}; known: mean, sample, sample_once")
+        if self.data.latent_cache:
+            return self._prepare_cache()
         self.mean, self.feats, self.std = self.encode_all(self.x, moments=True)
         self.mean_f = self.feats_f = self.std_f = None
         if r.hflip > 0:
@@ -271,6 +287,47 @@ class BackboneRun:
                 )
         else:
             raise OptionError(f"unknown latent_norm {r.latent_norm!r}; known: per_channel, scale, released")
+
+    def _prepare_cache(self) -> None:
+        """ImageNet: the shared latent cache (bench.latent_cache: posterior mean + std of every image and its
+        flip, sharded over ranks, resumable) and a LatentDataset whose draws are keyed by (seed, step, index)."""
+        from bench.latent_cache import (
+            build_latent_cache,
+            cache_needs_images,
+            default_cache_root,
+            needs_features,
+        )
+        from bench.latent_dataset import LatentDataset
+
+        r, tok = self.bb.recipe, self.bb.tokenizer
+        with_images = cache_needs_images(self.bb)
+        cache = build_latent_cache(self.data.sources.train, tok, default_cache_root(self.store.dir.parent.parent),
+                                   features=self.bb.features if needs_features(tok) else None,
+                                   with_images=with_images, device=self.device)  # fmt: skip
+        self.cache_ds = LatentDataset(cache, posterior=r.posterior, hflip=r.hflip, seed=self.seed, with_images=with_images)  # fmt: skip
+        self.n_train = cache.n
+        if r.latent_norm == "per_channel":
+            mean, std = cache.stats("mean" if r.posterior == "mean" else "sample")
+            tok.latent_mean, tok.latent_std = mean.to(self.device), std.clamp_min(1e-6).to(self.device)
+        elif r.latent_norm == "scale":
+            tok.latent_mean, tok.latent_std = torch.zeros(0), torch.zeros(0)
+        elif r.latent_norm == "released":
+            if tok.latent_mean.numel() == 0 and tok.latent_scale == 1.0:
+                raise OptionError(
+                    f"[{self.name}] latent_norm='released' but the tokenizer has no released statistics"
+                )
+        else:
+            raise OptionError(f"unknown latent_norm {r.latent_norm!r}; known: per_channel, scale, released")
+
+    def _cache_batch(self, idx: torch.Tensor, step: int):
+        items = [self.cache_ds[(step, int(i))] for i in idx]
+        z = torch.stack([it[0] for it in items]).to(self.device)
+        y = torch.stack([it[1] for it in items]).to(self.device)
+        f = None
+        if self.cache_ds.with_images:
+            images = torch.stack([it[2] for it in items]).to(self.device).float().div(127.5).sub(1.0)
+            f = self.bb.features(images)
+        return self.bb.tokenizer.normalize(z), y, f
 
     def _sample(self, mean, std, idx, step: int, stream: int) -> torch.Tensor:
         gens = sample_generators(self.seed * 1_000_003 + stream * 7919 + step, idx.tolist())
@@ -304,7 +361,7 @@ class BackboneRun:
     def train_generator(self) -> None:
         r, gen = self.bb.recipe, self.bb.generator
         self.prepare_latents()
-        n, world = len(self.mean), D.world()
+        n, world = (self.n_train if self.cache_ds is not None else len(self.mean)), D.world()
         bs = self._global_batch(r.batch_size, n, "batch")
         per_epoch = max(1, n // bs)
         total = r.epochs * per_epoch
@@ -321,6 +378,9 @@ class BackboneRun:
 
         def loss_fn(model, idx, g, step):
             _apply_recipe(gen, r, step / per_epoch)
+            if self.cache_ds is not None:
+                z, y, f = self._cache_batch(idx, step)
+                return model(z, y, f, generator=g)
             z, f = self.batch_latents(idx, step)
             return model(z, self.y[idx.to(self.y.device)], f, generator=g)
 
