@@ -481,8 +481,6 @@ def build_latent_cache(
     return LatentCache.open(d)
 
 
-# the Dataset half of the API lives in bench/latent_dataset.py; importable from here too
-from bench.latent_dataset import EpochSampler, LatentDataset, draw_generator, latent_loader  # noqa: E402
-
-__all__ = ["EpochSampler", "LatentCache", "LatentDataset", "build_latent_cache", "cache_needs_images", "default_cache_root",
-           "draw_generator", "latent_loader", "posterior", "tokenizer_fingerprint"]  # fmt: skip
+# the Dataset half of the API lives in bench/latent_dataset.py (which imports this module, not the reverse)
+__all__ = ["LatentCache", "build_latent_cache", "cache_needs_images", "default_cache_root", "posterior",
+           "tokenizer_fingerprint"]  # fmt: skip

@@ -17,13 +17,8 @@ from safetensors.torch import load_file
 from baselines.autoencoder import AETokenizer, AutoencoderKL, _dd
 from bench.data import ImageFolder, to_model_range
 from bench.errors import CorruptInputError, OptionError
-from bench.latent_cache import (
-    LatentCache,
-    LatentDataset,
-    build_latent_cache,
-    latent_loader,
-    tokenizer_fingerprint,
-)
+from bench.latent_cache import LatentCache, build_latent_cache, tokenizer_fingerprint
+from bench.latent_dataset import LatentDataset, latent_loader
 
 SIZE = 32
 

@@ -83,7 +83,7 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 
 def train(cfg: SmokeConfig) -> tuple[SmokeNet, float]:
     """Train deterministically on one thread; returns (model, accuracy on the embedded test split)."""
-    from bench.data import embedded_images
+    from bench.embedded import embedded_images
 
     images, labels = embedded_images(
         cfg.image_size, cfg.n_per_class, split="train", num_classes=cfg.num_classes
