@@ -85,16 +85,11 @@ def _accepts(fn, name: str) -> bool:
 
 
 def uint8_convention(requested: str | None = None) -> str:
-    """The uint8 conversion for samples: `requested`, else bench.metrics' default (ADM's truncation once the
-    named conventions of issue 13 item 3 exist; until then its rounding). Recorded with every sample file."""
-    from bench.metrics import adm_npz
+    """The uint8 conversion for samples: `requested` (canonical name or alias, e.g. a Recipe's "truncate"), else
+    bench.metrics' default (ADM's truncation). Recorded with every sample file."""
+    from bench.metrics.adm_npz import DEFAULT_UINT8, check_uint8_convention
 
-    default = getattr(adm_npz, "DEFAULT_UINT8", "round")
-    known = getattr(adm_npz, "UINT8_CONVENTIONS", ("round",))
-    conv = requested or default
-    if conv not in known:
-        raise OptionError(f"unknown uint8 convention {conv!r}; known: {', '.join(known)}")
-    return conv
+    return check_uint8_convention(requested or DEFAULT_UINT8)
 
 
 def _convert(x: torch.Tensor, convention: str) -> tuple[np.ndarray, np.ndarray]:
