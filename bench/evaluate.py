@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from bench.errors import OptionError
 from bench.progress import log
 
 _BOOKKEEPING = ("n_samples", "n_ref", "n_nonfinite", "extractor")
@@ -27,7 +28,7 @@ def sampler_protocols(
             settings = bb.generator.settings(bb.protocols[name])
         else:
             known = ", ".join(["paper", *(k for k in bb.protocols if k != "paper")])
-            raise ValueError(f"{bb.name}: no sampler protocol {name!r}; known: {known}")
+            raise OptionError(f"{bb.name}: unknown sampler protocol {name!r}; known: {known}")
         if steps and "steps" in settings.field_names():
             settings = settings.replace(steps=int(steps))
         d = bb.generator.describe(settings)

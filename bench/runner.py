@@ -19,6 +19,7 @@ from tabulate import tabulate
 
 from bench import distributed as D
 from bench.errors import MissingInputError, OptionError, UserError, require_positive
+from bench.evaluate import sampler_protocols
 from bench.progress import log, setup_logging
 from bench.store import RunStore, config_hash, read_metrics
 from bench.suites import SuiteError, check_output_dir, check_requirements, dry_run_suite, get_suite, resolve
@@ -252,6 +253,8 @@ def run(a: BenchArgs) -> int:
     except FileNotFoundError as e:  # a paper preset's weights (tokenizer, encoder) are local files
         raise MissingInputError(str(e).splitlines()[0]) from None
     config = _config(a, suite, bbs)
+    for bb in bbs.values():  # an unknown protocol fails here, before any work, not at the first evaluation
+        sampler_protocols(bb, suite.protocols)
     require_positive(n_eval_samples=suite.n_eval_samples, sample_batch_size=suite.sample_batch_size, micro_batch=a.micro_batch,
                      **{f"{n}.{k}": c["recipe"][k] for n, c in config["backbones"].items() for k in ("epochs", "batch_size", "stage1_batch_size")})  # fmt: skip
     run_id = a.run_id or f"seed{a.seed}-{config_hash(config)[:8]}"

@@ -246,6 +246,11 @@ def test_unknown_sampler(world, monkeypatch):
     assert "unknown flow-matching sampler option(s) solver; known: mode, steps" in msg
 
 
+def test_unknown_protocol(world, monkeypatch):
+    msg = _bench(monkeypatch, world, protocols=("paper", "comon"))
+    assert "repa: unknown sampler protocol 'comon'; known: paper, common" in msg
+
+
 def test_suite_override_naming_an_unknown_field(world, monkeypatch):
     msg = _bench(monkeypatch, world, overrides=_repa(learning_rate=1e-3))
     assert "unknown recipe field(s) ['learning_rate']; known: [" in msg
