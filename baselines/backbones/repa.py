@@ -61,6 +61,20 @@ PRESETS = {
 }
 
 
+def sd_vae_tokenizer(preset: str, sd_vae: str | None, sd_vae_decoder: str | None, who: str):
+    """REPA's tokenizer (also plain SiT's): the shared SD-VAE stand-in for tiny, else the frozen SD-VAE of the local
+    diffusers folder `sd_vae`, decoding with `sd_vae_decoder`'s decoder when given."""
+    from baselines.autoencoder import SDVAETokenizer, sd_vae_standin
+
+    if preset == "tiny":
+        return sd_vae_standin("tiny-f4")
+    if sd_vae is None:
+        raise FileNotFoundError(
+            f"{who} paper preset needs a local SD-VAE ft-MSE diffusers folder (--sd-vae PATH)"
+        )
+    return SDVAETokenizer(sd_vae, decoder_folder=sd_vae_decoder)
+
+
 def build_backbone(
     preset: str = "tiny",
     *,
@@ -73,7 +87,6 @@ def build_backbone(
     """XL/2: SiT-XL/2 on the frozen SD-VAE of the local diffusers folder `sd_vae` (the release trains on ft-MSE
     latents, train.py:176); `sd_vae_decoder` decodes samples with another folder's decoder (the release's FID
     samples use ft-EMA, generate.py:88, 193). tiny: the stand-in tokenizer and encoder."""
-    from baselines.autoencoder import SDVAETokenizer, sd_vae_standin
     from baselines.encoders import build_encoder
 
     if preset not in PRESETS:
@@ -81,14 +94,7 @@ def build_backbone(
     p = PRESETS[preset]
     num_classes = num_classes or p["num_classes"]
     image_size = image_size or p["image_size"]
-    if preset == "tiny":
-        tokenizer = sd_vae_standin("tiny-f4")
-    else:
-        if sd_vae is None:
-            raise FileNotFoundError(
-                "REPA paper preset needs a local SD-VAE ft-MSE diffusers folder (--sd-vae PATH)"
-            )
-        tokenizer = SDVAETokenizer(sd_vae, decoder_folder=sd_vae_decoder)
+    tokenizer = sd_vae_tokenizer(preset, sd_vae, sd_vae_decoder, "REPA")
     c, h, w = tokenizer.latent_shape(image_size)
     cfg = SiT_configs[p["sit"]]
     grid = h // cfg["patch_size"]

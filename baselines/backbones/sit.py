@@ -8,7 +8,7 @@ in tiny suites, SD-VAE ft-MSE at paper scale) and its sampler, the two differ by
 from __future__ import annotations
 
 from baselines.api import Backbone
-from baselines.backbones.repa import PAPER_RECIPE, PRESETS, TINY_RECIPE, protocols
+from baselines.backbones.repa import PAPER_RECIPE, PRESETS, TINY_RECIPE, protocols, sd_vae_tokenizer
 from baselines.sit import SiT, SiT_configs
 from baselines.transport import FlowMatchingGenerator
 from bench.errors import OptionError
@@ -28,22 +28,14 @@ def build_backbone(
     num_classes: int | None = None,
     image_size: int | None = None,
     sd_vae: str | None = None,
+    sd_vae_decoder: str | None = None,
 ) -> Backbone:
-    from baselines.autoencoder import SDVAETokenizer, sd_vae_standin
-
     if preset not in PRESETS:
         raise OptionError(f"unknown SiT preset {preset!r}; known: {', '.join(PRESETS)}")
     p = PRESETS[preset]
     num_classes = num_classes or p["num_classes"]
     image_size = image_size or p["image_size"]
-    if preset == "tiny":
-        tokenizer = sd_vae_standin("tiny-f4")
-    else:
-        if sd_vae is None:
-            raise FileNotFoundError(
-                "SiT paper preset needs a local SD-VAE ft-MSE diffusers folder (--sd-vae PATH)"
-            )
-        tokenizer = SDVAETokenizer(sd_vae)
+    tokenizer = sd_vae_tokenizer(preset, sd_vae, sd_vae_decoder, "SiT")  # REPA's, decoding option included
     c, h, w = tokenizer.latent_shape(image_size)
     cfg = {k: v for k, v in SiT_configs[p["sit"]].items() if k != "projector_dim"}
     net = SiT(input_size=h, in_channels=c, num_classes=num_classes, z_dims=(), **cfg)  # no projector heads
