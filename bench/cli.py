@@ -102,14 +102,16 @@ def test(c, args=""):
 
 
 @task(help={"extractor": "feature extractor name", "weights": "weights file of the extractor",
-            "metrics": "comma list of fid,sfid,is,prec,rec,kid,fid_ci,fid_inf (default: ADM's set, less what REF cannot provide)"})  # fmt: skip
+            "metrics": "comma list of fid,sfid,is,prec,rec,kid,fid_ci,fid_inf (default: ADM's set, less what REF cannot provide)",
+            "num_classes": "labels (arr_1) of SAMPLES and REF must lie in [0, N) (default 1000, ImageNet's)"})  # fmt: skip
 @_user_errors
-def fid(c, samples, ref, extractor="inception-v3-compat", weights="", metrics=""):
-    """Score SAMPLES.npz against REF.npz like the ADM evaluator; prints one JSON line."""
+def fid(c, samples, ref, extractor="inception-v3-compat", weights="", metrics="", num_classes=1000):
+    """Score SAMPLES.npz against REF.npz like the ADM evaluator; prints one JSON line (a bad input: one error
+    line, exit code 2)."""
     from bench.metrics.cli import main
 
     argv = (
-        [samples, ref, "--extractor", extractor]
+        [samples, ref, "--extractor", extractor, "--num-classes", str(num_classes)]
         + (["--metrics", metrics] if metrics else [])
         + (["--weights", weights] if weights else [])
     )

@@ -51,17 +51,18 @@ def world(tmp_path):
     return world
 
 
-def _fid(capsys, *argv, metrics="fid", extractor="smoke") -> tuple[int, str]:
+def _fid(capsys, *argv, metrics="fid", extractor="smoke", streams=False):
     args = [str(a) for a in argv] + ["--metrics", metrics] + (["--extractor", extractor] if extractor else [])
     code = fid_main(args)
     cap = capsys.readouterr()
-    return code, (cap.err.strip() or cap.out.strip())
+    return (code, cap.err.strip(), cap.out) if streams else (code, cap.err.strip() or cap.out.strip())
 
 
 def _bad_fid(capsys, world, samples, ref=None, *extra, match: str, new=(), **kw) -> str:
-    code, err = _fid(capsys, samples, ref or world.ref, *extra, **kw)
+    code, err, out = _fid(capsys, samples, ref or world.ref, *extra, streams=True, **kw)
     assert code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("fid: error: ") and match in err, err
+    assert out == ""  # no JSON line for an error
     world.same(*new)
     return err
 
@@ -117,17 +118,30 @@ def test_nonfinite_samples(world, capsys, value):
     x = _images(16).astype(np.float32)
     x[3, 0, 0, 0] = value
     bad = _bad_npz(world, "nan.npz", arr_0=x)
-    code, out = _fid(capsys, bad, world.ref)
-    assert code == 3  # invoke fid's own code for NaN/Inf: the JSON line carries the counts instead of metrics
-    row = json.loads(out)
-    assert row["n_nonfinite"] == 1 and row["n_samples"] == 16
-    assert f"{bad}: arr_0 has NaN/Inf values in 1 of 16 images (indices [3]" in row["error"]
-    world.same(bad)
+    _bad_fid(capsys, world, bad, match=f"{bad}: arr_0 has NaN/Inf values in 1 of 16 images (indices [3]", new=[bad])  # fmt: skip
+
+
+def test_nonfinite_samples_of_the_harness(world, capsys):
+    # the harness's own shards store a NaN sample as zeros and count it (adm_npz.to_uint8_counted)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    x[5] = float("inf")
+    shards = world.root / "shards"
+    with NpzShardWriter(shards, shard_size=4) as w:
+        w.add(x, torch.arange(8))
+    new = list(shards.iterdir())
+    _bad_fid(capsys, world, shards, match=f"{shards / 'samples_00001.npz'}: 1 of 4 samples were NaN/Inf before the uint8 conversion (indices [1]...); refusing to score them", new=new)  # fmt: skip
 
 
 def test_labels_out_of_range(world, capsys):
     bad = _bad_npz(world, "labels.npz", arr_0=_images(4), arr_1=np.array([0, 1, -1, 2]))
     _bad_fid(capsys, world, bad, match=f"{bad}: arr_1 (labels) has negative class index -1", new=[bad])
+    big = _bad_npz(world, "labels1000.npz", arr_0=_images(4), arr_1=np.array([1, 1000, 999, 1000]))
+    _bad_fid(capsys, world, big, match=f"{big}: arr_1 (labels) has class index 1000 (2 of 4 labels >= 1000); classes are 0..999 (--num-classes 1000)", new=[bad, big])  # fmt: skip
+    # the model's class count is an option: the world's samples have labels 0..7
+    _bad_fid(capsys, world, world.samples, world.ref, "--num-classes", 4, match=f"{world.samples}: arr_1 (labels) has class index 7 (8 of 16 labels >= 4); classes are 0..3 (--num-classes 4)", new=[bad, big])  # fmt: skip
+    _bad_fid(capsys, world, world.samples, world.ref, "--num-classes", 0, match="--num-classes must be >= 1, got 0", new=[bad, big])  # fmt: skip
+    code, out = _fid(capsys, world.samples, world.ref, "--num-classes", 8)
+    assert code == 0 and json.loads(out)["n_samples"] == 16
 
 
 def test_reference_of_another_resolution(world, capsys):

@@ -243,6 +243,35 @@ def read_npz(path: str | os.PathLike) -> AdmBatch:
     return batch
 
 
+DEFAULT_NUM_CLASSES = 1000  # ImageNet's: ADM's reference batches and the imagenet256 suites
+
+
+def check_labels(batch: AdmBatch, num_classes: int = DEFAULT_NUM_CLASSES) -> None:
+    """Class labels (arr_1) must lie in [0, num_classes): a label past the model's classes means the batch was
+    labelled for another model or indexing (1-based, say). One NpzFormatError naming the file and the value."""
+    if batch.labels is None or not len(batch.labels):
+        return
+    hi = int(batch.labels.max())
+    if hi >= num_classes:
+        n = int((batch.labels >= num_classes).sum())
+        raise NpzFormatError(
+            f"{batch.path}: arr_1 (labels) has class index {hi} ({n} of {len(batch.labels)} labels >= {num_classes}); "
+            f"classes are 0..{num_classes - 1} (--num-classes {num_classes})"
+        )
+
+
+def check_finite(batch: AdmBatch, what: str = "samples") -> None:
+    """A batch written with non-finite samples (stored as zeros, counted in `n_nonfinite`) is never scored."""
+    if batch.n_nonfinite:
+        idx = batch.nonfinite_index[:8].tolist() if batch.nonfinite_index is not None else "?"
+        raise NonFiniteSamplesError(
+            f"{batch.path}: {batch.n_nonfinite} of {batch.n_images} {what} were NaN/Inf before the uint8 "
+            f"conversion (indices {idx}...); refusing to score them",
+            batch.n_nonfinite,
+            batch.n_images,
+        )
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 

@@ -1,8 +1,9 @@
 """`invoke fid SAMPLES.npz REF.npz [--extractor NAME] [--weights PATH] [--metrics fid,sfid,is,prec,rec]`:
 the standalone counterpart of the ADM evaluator (note the order: samples first). Prints one JSON line.
 
-Exit codes: 0 ok; 2 bad input (missing file, malformed npz, unknown name, missing weights); 3 samples with
-NaN/Inf (the JSON line then carries the counts and the error instead of metrics).
+Exit codes: 0 ok (the JSON line on stdout); 2 bad input, one `fid: error: ...` line on stderr naming the file or
+the value and nothing on stdout: a missing file, a malformed npz, NaN/Inf samples, labels outside
+[0, --num-classes), an unknown name, missing weights. Every check on the files runs before the extractor loads.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import argparse
 import json
 import sys
 
-from bench.errors import OptionError
-from bench.metrics.adm_npz import NonFiniteSamplesError, read_npz
+from bench.errors import OptionError, UserError
+from bench.metrics.adm_npz import DEFAULT_NUM_CLASSES, check_finite, check_labels, read_npz, sample_sources
 from bench.metrics.evaluate import ADM_METRICS, evaluate, parse_metrics
 from bench.metrics.extractors import EXTRACTORS
 
@@ -30,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="comma list of fid,sfid,is,prec,rec,kid,fid_ci,fid_inf; 'auto' = the ADM set the reference allows",
     )
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=DEFAULT_NUM_CLASSES,
+        help="labels (arr_1) must lie in [0, N) (default 1000, ImageNet's)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--boot", type=int, default=200, help="bootstrap replicates for fid_ci")
@@ -40,12 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        for opt in ("batch_size", "boot"):
+        for opt in ("batch_size", "boot", "num_classes"):
             if getattr(args, opt) < 1:
                 raise OptionError(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
+        # the files' own checks, before any extractor is built (headers and labels only: cheap)
+        for batch in sample_sources(args.samples):
+            check_labels(batch, args.num_classes)
+            check_finite(batch)
+        ref = read_npz(args.reference)
+        check_labels(ref, args.num_classes)
+        check_finite(ref, "reference images")
         if args.metrics == "auto":
             metrics, skipped = list(ADM_METRICS), []
-            ref = read_npz(args.reference)
             if not ref.has_images:  # statistics-only reference: precision/recall impossible, as in ADM
                 skipped = ["precision", "recall"]
             if "mu_s" not in ref.stats and not ref.has_images:
@@ -66,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if skipped:
             out["skipped"] = skipped
-    except NonFiniteSamplesError as e:
-        print(json.dumps({"error": str(e), "n_samples": e.n_samples, "n_nonfinite": e.n_nonfinite}))
-        return 3
-    except (FileNotFoundError, ValueError) as e:
+    except (UserError, FileNotFoundError, ValueError) as e:  # NaN/Inf samples too (NonFiniteSamplesError)
         print(f"fid: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(out))
