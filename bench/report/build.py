@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report import html, plots, tables
+from bench.report import claims, html, plots, tables
 from bench.report.load import (
     RunInfo,
     key,
@@ -32,6 +32,8 @@ MEASURED = ("Measured by this harness. One column per quantity, feature extracto
             "value [low, high]. Guidance scale: 1 = off (CFG; a flow's 1 + w in runs with typed sampler settings); runs "
             "from before typed settings log the flows' weight w (0 = off), shown in its own column; "
             "NFE / image counts network evaluations, sampler steps the sequential integration steps.")  # fmt: skip
+BUDGET = ("What each run trained and evaluated: epochs per backbone, evaluation epochs and samples per evaluation; "
+          "a study run below the suite's default budget says so here (options recorded by the study command).")  # fmt: skip
 PUBLISHED = ("Copied from the papers (source column); ImageNet 256 unless the dataset says otherwise. Comparable to "
              "the measured values only where data, budget and evaluator match - here they do not.")  # fmt: skip
 
@@ -248,6 +250,15 @@ def suite_report(suite: str, df: pd.DataFrame, runs: list[RunInfo], paper: pd.Da
         ("Backbone notes (from config.json)", "Choices that change results, e.g. which guidance behaviour is used.",
          tables.notes_table(suite_runs, d)),
     ]  # fmt: skip
+    if claims.relevant(d):  # the seed papers' claims, when the store holds both sides of at least one
+        ct = claims.claims_table(d, thr, paper)
+        tables.check_meanings(ct)
+        extra.insert(
+            0, ("Claims of the seed papers: measured here beside the published numbers", claims.METHOD, ct)
+        )
+    budget = tables.budget_table(suite_runs)
+    if not budget.empty:
+        extra.insert(0, ("Budget (from each run's config.json)", BUDGET, budget))
     prov = tables.provenance_table(suite_runs)
     sections = [("Leaderboard (measured)", caption, lb),
                 ("Published numbers (paper-reported, NOT measured here)", PUBLISHED, pub), *extra,

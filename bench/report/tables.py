@@ -395,3 +395,42 @@ def provenance_table(runs: Sequence[RunInfo]) -> Table:
             b.put(k, key(r.env.get(k)))
         b.put("command", r.command())
     return b.table()
+
+
+def budget_table(runs: Sequence[RunInfo]) -> Table:
+    """Per run: seed, evaluation epochs, samples per evaluation, the generator (and stage-1) epochs of each
+    backbone, and the budget options it was started with (args.json: epochs, num_samples, sample_steps), so a
+    report says what budget it ran at."""
+    import json
+
+    b = _Builder()
+    for r in runs:
+        c = r.config
+        bbs = c.get("backbones") if isinstance(c.get("backbones"), dict) else {}
+        if not bbs:
+            continue
+        args = {}
+        if (r.path / "args.json").is_file():
+            try:
+                args = json.loads((r.path / "args.json").read_text())
+            except json.JSONDecodeError:
+                args = {}
+        b.new()
+        b.put("run", r.run_id)
+        b.put("seed", key(c.get("seed")), c.get("seed"))
+        b.put("eval epochs", ", ".join(str(e) for e in c.get("eval_epochs", [])))
+        b.put("samples / evaluation", key(c.get("n_eval_samples")), c.get("n_eval_samples"))
+        epochs = {}
+        for name, bc in sorted(bbs.items()):
+            rec = bc.get("recipe", {}) if isinstance(bc, dict) else {}
+            s1 = rec.get("stage1_epochs")
+            epochs[name] = f"{key(rec.get('epochs'))}" + (f" (+{key(s1)} stage 1)" if s1 else "")
+        b.put("epochs (generator + tokenizer stage 1)", "; ".join(f"{k} {v}" for k, v in epochs.items()))
+        opts = {
+            k: args.get(k) for k in ("epochs", "num_samples", "sample_steps", "image_size") if args.get(k)
+        }
+        b.put(
+            "budget options",
+            ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in opts.items()) or "suite default",
+        )
+    return b.table()
