@@ -63,8 +63,10 @@ def bench(c, suite="smoke", backbones="", out="results", seed=0, device="cpu", r
           precision="recipe", compile=False, fsdp=False, from_release=False):  # fmt: skip
     """Train, sample, evaluate and measure a suite's backbones into results/<suite>/<run_id>/."""
     from bench import distributed
+    from bench.errors import require_positive
     from bench.runner import BenchArgs, args_to_argv, plan, resume_args, run
 
+    require_positive(**{"--nproc": int(nproc)})
     a = BenchArgs(suite=suite, backbones=backbones or None, out=out, seed=int(seed), device=device,
                   run_id=run_id or None, preset=preset or None, epochs=int(epochs) or None,
                   num_samples=int(num_samples) or None, image_size=int(image_size) or None,

@@ -50,6 +50,11 @@ class BenchArgs:
 
 
 def build_suite(a: BenchArgs):
+    # the command line's sizes (None or 0: the suite's own), named as the user typed them
+    require_positive(**{"--epochs": a.epochs, "--num-samples": a.num_samples, "--image-size": a.image_size,
+                        "--sample-steps": a.sample_steps, "--micro-batch": a.micro_batch})  # fmt: skip
+    if a.ckpt_every < 0:
+        raise OptionError(f"--ckpt-every must be >= 0 (0: checkpoint every epoch only), got {a.ckpt_every}")
     suite = get_suite(a.suite)
     if a.preset not in (None, "", "paper", "tiny"):
         raise OptionError(f"unknown --preset {a.preset!r}; known: paper, tiny")
@@ -225,7 +230,10 @@ def _config(a: BenchArgs, suite, bbs: dict) -> dict:
 
 def run_bench(suite_name: str = "smoke", backbones: str | None = None, out: str = "results", seed: int = 0,
               device: str = "cpu", run_id: str | None = None, **options) -> int:  # fmt: skip
-    """Run a suite (see BenchArgs for the options); returns 0 when every backbone finished, else 1."""
+    """Run a suite (see BenchArgs for the options); returns 0 when every backbone finished, 1 when one failed
+    (an internal bug: its traceback is in the log, the other families still run). A bad input raises a UserError
+    (exit 2): before any work where it can be checked, else at once when found, the rows so far kept; NaN/Inf
+    samples (a family without its FID) after the other families have run."""
     return run(BenchArgs(suite_name, backbones, out, seed, device, run_id, **options))
 
 
@@ -235,7 +243,8 @@ def run(a: BenchArgs) -> int:
 
         return run_throughput_suite(a.backbones, a.out, a.seed, a.device, a.run_id)
     from bench.evaluate import suite_reference
-    from bench.metrics import get_extractor
+    from bench.metrics import NonFiniteSamplesError, get_extractor
+    from bench.preflight import check_scoring
     from bench.train import BackboneRun, ReleaseRun, RunOptions, make_backbone
 
     suite, names, root = plan(a)
@@ -282,9 +291,11 @@ def run(a: BenchArgs) -> int:
     if D.is_main():
         extractor = get_extractor(suite.extractor, weights=weights, device=device)
         reference = suite_reference(suite, extractor, data.reference())
+        # what the first evaluation would refuse (metric, feature width, resolution), refused before training
+        check_scoring(suite, extractor, reference, strict_resolution=a.preset != "tiny")
     opts = RunOptions(device=device, micro_batch=a.micro_batch or suite.micro_batch, ckpt_every=a.ckpt_every,
                       precision=a.precision, compile=a.compile, fsdp=a.fsdp, labels=a.labels)  # fmt: skip
-    failed = []
+    failed, diverged = [], []
     t0 = time.perf_counter()
     for name in names:
         if any(r["backbone"] == name and r["phase"] == "run" for r in store.metrics()):
@@ -293,7 +304,14 @@ def run(a: BenchArgs) -> int:
         try:
             kind = ReleaseRun if a.from_release else BackboneRun
             kind(suite, name, store, a.seed, opts, reference, extractor, data, bbs[name]).run()
-        except UserError:
+        except NonFiniteSamplesError as e:  # that family's own result: the others still run, then exit 2
+            if D.world() > 1:
+                raise
+            diverged.append(str(e))
+        except UserError as e:  # a bad input found mid-run: stop now (exit 2, one line); rows so far are kept
+            if D.is_main():
+                log.info(f"[{name}] stopped: {e}", extra={"file_only": True})  # the task prints it
+                store.close()
             raise
         except Exception as e:  # one family failing must not lose the others' results; reported below
             if D.world() > 1:
@@ -307,6 +325,8 @@ def run(a: BenchArgs) -> int:
         log.info(f"run {store.dir} finished in {time.perf_counter() - t0:.0f}s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))  # fmt: skip
         store.close()  # release the run's lock (an exception releases it at process exit)
     D.shutdown()
+    if diverged and not failed:  # an internal bug (exit 1, tracebacks in the log) outranks them
+        raise NonFiniteSamplesError("; ".join(diverged))
     return 1 if failed else 0
 
 

@@ -449,9 +449,11 @@ class BackboneRun:
                         out["n_nonfinite"],
                         s.n_eval_samples,
                     )
-                except NonFiniteSamplesError as e:  # recorded above; the run fails at its end (no FID)
+                except NonFiniteSamplesError as e:  # recorded above; the family ends with it (no FID), exit 2
                     log.info(f"[{self.name}] epoch {epoch} ({protocol}): {e}")
-                    self.missing_fid.append(f"epoch {epoch} {protocol}")
+                    self.missing_fid.append(
+                        f"epoch {epoch} {protocol} ({e.n_nonfinite} of {e.n_samples} samples NaN/Inf)"
+                    )
             for k, v in metrics.items():
                 self.log_metric("eval", k, v, extractor=self.extractor.name, **fields)
             extra = (
@@ -510,9 +512,16 @@ class BackboneRun:
 
                 measure_backbone(self.bb, self.store, self.name, self.suite, self.device, seed=self.seed)
         D.barrier()
-        if self.missing_fid:
-            raise RuntimeError(f"[{self.name}] no FID for {', '.join(self.missing_fid)} (non-finite samples)")
+        self.check_fids()
         self.log_metric("run", "wall_s", time.perf_counter() - t0, epoch=self.bb.recipe.epochs)
+
+    def check_fids(self) -> None:
+        """NaN/Inf samples are a bad result, not a bug: a UserError (one line, exit 2; bench.runner lets the other
+        families finish first). The family's other rows stay in the store; it has no 'run' row, so it reruns."""
+        if self.missing_fid:
+            from bench.metrics import NonFiniteSamplesError
+
+            raise NonFiniteSamplesError(f"{self.name}: no FID for {'; '.join(self.missing_fid)}")
 
 
 class ReleaseRun(BackboneRun):
@@ -539,8 +548,7 @@ class ReleaseRun(BackboneRun):
     def run(self) -> None:
         t0 = time.perf_counter()
         self.evaluate(0, 0, 0, 0.0)  # epoch 0: the release as published
-        if self.missing_fid:
-            raise RuntimeError(f"[{self.name}] no FID for the release (non-finite samples)")
+        self.check_fids()
         self.log_metric("run", "wall_s", time.perf_counter() - t0, epoch=0)
 
 

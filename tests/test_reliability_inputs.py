@@ -216,14 +216,15 @@ def test_unknown_metric(world, capsys):
     )
 
 
-def _bench(monkeypatch, world, **suite_changes) -> str:
-    """`invoke bench` (the tasks.py task) on a smoke variant: must fail with exit 2 before touching results."""
+def _bench(monkeypatch, world, options=None, **suite_changes) -> str:
+    """`invoke bench` (the tasks.py task, with command-line `options`) on a smoke variant: must fail with exit 2
+    before touching results."""
     import tasks
 
     suite = dataclasses.replace(suites.SMOKE, name="bad", backbones=("repa",), **suite_changes)
     monkeypatch.setitem(suites.SUITES, "bad", suite)
     with pytest.raises(Exit) as e:
-        tasks.bench(Context(), suite="bad", out=str(world.root / "results"))
+        tasks.bench(Context(), suite="bad", out=str(world.root / "results"), **(options or {}))
     assert e.value.code == 2
     msg = e.value.message
     assert msg.startswith("error: ") and len(msg.splitlines()) == 1
@@ -243,6 +244,19 @@ def _repa(**changes) -> dict:
 ])  # fmt: skip
 def test_zero_or_negative_budgets_batch_sizes_and_sample_counts(world, monkeypatch, changes, match):
     assert match in _bench(monkeypatch, world, **changes)
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("epochs", -1, "must be >= 1: --epochs=-1"),
+    ("num_samples", -5, "must be >= 1: --num-samples=-5"),
+    ("image_size", -32, "must be >= 1: --image-size=-32"),
+    ("sample_steps", -1, "must be >= 1: --sample-steps=-1"),
+    ("micro_batch", -2, "must be >= 1: --micro-batch=-2"),
+    ("nproc", 0, "must be >= 1: --nproc=0"),
+    ("ckpt_every", -1, "--ckpt-every must be >= 0 (0: checkpoint every epoch only), got -1"),
+])  # fmt: skip
+def test_zero_or_negative_command_line_sizes(world, monkeypatch, option, value, match):
+    assert match in _bench(monkeypatch, world, options={option: value})
 
 
 def test_unknown_preset(world, monkeypatch):

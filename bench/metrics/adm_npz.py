@@ -46,7 +46,7 @@ class NpzFormatError(CorruptInputError):
 class NonFiniteSamplesError(CorruptInputError):
     """Samples with NaN/Inf values: metrics refuse them rather than return a misleading number."""
 
-    def __init__(self, message: str, n_nonfinite: int, n_samples: int):
+    def __init__(self, message: str, n_nonfinite: int = 0, n_samples: int = 0):
         super().__init__(message)
         self.n_nonfinite, self.n_samples = n_nonfinite, n_samples
 

@@ -1,0 +1,72 @@
+"""Checks of a suite run that need its built parts (the extractor and the reference set) and take seconds:
+bench.runner calls `check_scoring` once, before any family trains, so that a reference batch or a metric setting
+that cannot be scored fails now with one line (a UserError, exit 2) and not at the first evaluation, hours and
+checkpoints later. They are the checks `bench.metrics.evaluate` makes at scoring time, asked up front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bench.errors import CorruptInputError, OptionError
+from bench.progress import log
+
+_STATS_OF = {"pool": "mu", "spatial": "mu_s"}
+
+
+def check_scoring(suite, extractor, reference, *, strict_resolution: bool = True) -> None:
+    """`reference` is the run's `bench.metrics.Reference` (suite_reference). Refuses: a metric whose features
+    the extractor does not give; reference statistics of another feature dimension than the extractor's; sFID
+    without spatial statistics; sample counts too small for KID, precision/recall or FID-infinity; and, with
+    `strict_resolution` (every run but the tiny dry run, which crops to any size), a reference batch whose
+    images are not the suite's resolution."""
+    from bench.metrics.evaluate import _NEEDS_KEY, parse_metrics
+    from bench.metrics.kid import KID_SUBSET_SIZE
+
+    metrics = parse_metrics(suite.metrics)
+    where = f"suite {suite.name}"
+    for m in metrics:
+        key = _NEEDS_KEY.get(m, "pool")
+        if key not in extractor.keys:
+            raise OptionError(f"{where}: metric {m!r} needs {key!r} features, which extractor {extractor.name!r} does not give")  # fmt: skip
+    size = suite.image_size
+    probe = extractor.features(np.zeros((2, size, size, 3), np.uint8))  # two blank images: the feature widths
+    for key, stat in _STATS_OF.items():
+        if key in probe and stat in reference.stats:
+            want, got = probe[key].shape[1], reference.stats[stat].shape[0]
+            if want != got:
+                raise CorruptInputError(
+                    f"reference ({reference.source}) {key} statistics have dimension {got}, extractor "
+                    f"{extractor.name} gives {want}: statistics of another feature space"
+                )
+    if "sfid" in metrics and "mu_s" not in reference.stats:
+        raise CorruptInputError(f"reference ({reference.source}) has no spatial statistics (mu_s, sigma_s) for the sFID {where} reports")  # fmt: skip
+    n = suite.n_eval_samples
+    if "kid" in metrics:
+        for what, count in (("samples", n), ("reference images", reference.n)):
+            if count is not None and count < KID_SUBSET_SIZE:
+                raise OptionError(f"{where}: KID needs >= {KID_SUBSET_SIZE} {what} (its subset size), got {count}")  # fmt: skip
+    if ("precision" in metrics or "recall" in metrics) and n <= 3:
+        raise OptionError(f"{where}: precision/recall need more than k=3 samples for the k-NN radii, got {n}")
+    if "fid_inf" in metrics:
+        from bench.metrics.fid_infinity import subset_sizes
+
+        subset_sizes(n, reference.stats["mu"].shape[0])
+    _check_resolution(reference, size, strict_resolution)
+
+
+def _check_resolution(reference, size: int, strict: bool) -> None:
+    from bench.metrics import read_npz
+
+    path = Path(reference.source)
+    if reference.source in ("array", "stats") or not path.is_file():
+        return
+    batch = read_npz(path)
+    if not batch.has_images or batch.image_shape[:2] == (size, size):
+        return
+    h, w = batch.image_shape[:2]
+    msg = f"{path}: reference images are {h}x{w}, the run samples {size}x{size}"
+    if strict:
+        raise CorruptInputError(msg + "; use the reference batch of the samples' resolution")
+    log.info(f"note: {msg} (dry run: scored anyway)")
