@@ -111,6 +111,10 @@ def test_samples_in_model_value_range(world, capsys):
     x = _images(16).astype(np.float32) / 127.5 - 1
     bad = _bad_npz(world, "pm1.npz", arr_0=x)
     _bad_fid(capsys, world, bad, match=f"{bad}: arr_0 values span [-1, 1], outside the image range [0, 255] (looks like model range", new=[bad])  # fmt: skip
+    unit = _bad_npz(world, "unit.npz", arr_0=_images(16).astype(np.float32) / 255)
+    _bad_fid(capsys, world, unit, match=f"{unit}: arr_0 is float32 in [0, 1], which looks like images scaled to [0, 1]; ADM batches store uint8 [0, 255] (convert with np.round(x * 255)", new=[bad, unit])  # fmt: skip
+    wide = _bad_npz(world, "int16.npz", arr_0=(_images(16).astype(np.int16) * 4))
+    _bad_fid(capsys, world, wide, match=f"{wide}: arr_0 values span [0, 1020], outside the image range [0, 255]", new=[bad, unit, wide])  # fmt: skip
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from invoke import Context, Exit
 
 from bench import suites
@@ -185,6 +186,46 @@ def test_reference_statistics_of_another_feature_dimension_fail_before_training(
     assert {p: b for p, b in _files(tmp_path).items() if p in before} == before
 
 
+def _ref_without_stats_or_images(tmp_path, monkeypatch):
+    ref = tmp_path / "labels_only.npz"
+    np.savez(ref, labels=np.arange(3))
+    monkeypatch.setenv("GENBENCH_ADM_REF", str(ref))
+    return f"error: {ref}: holds neither images (arr_0) nor statistics (mu, sigma); found ['labels']"
+
+
+def _empty_class(tmp_path, monkeypatch):
+    (tmp_path / "train" / "n09999999").mkdir()
+    return f"error: {tmp_path / 'train'}: 1 class folder(s) hold no images: n09999999"
+
+
+def _non_image_file(tmp_path, monkeypatch):
+    (tmp_path / "train" / "n01440764" / "notes.txt").write_text("not an image")
+    return f"error: {tmp_path / 'train'}: 1 file(s) without an image extension"
+
+
+def _inception_of_another_architecture(tmp_path, monkeypatch):
+    wrong = tmp_path / "wrong_inception.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
+    monkeypatch.setenv("GENBENCH_INCEPTION", str(wrong))
+    return f"error: {wrong}: not torch-fidelity's InceptionV3 state_dict"
+
+
+@pytest.mark.parametrize("plant", [_ref_without_stats_or_images, _empty_class, _non_image_file, _inception_of_another_architecture])  # fmt: skip
+def test_bad_imagenet_inputs_through_invoke_bench(tmp_path, imagenet, monkeypatch, plant):
+    from bench.data import embedded_images
+    from bench.metrics import write_samples_npz
+
+    images, _ = embedded_images(32, 2, "ref", num_classes=4)
+    monkeypatch.setenv("GENBENCH_ADM_REF", str(write_samples_npz(tmp_path / "ref.npz", images)))
+    match = plant(tmp_path, monkeypatch)
+    before = _files(tmp_path)
+    msg = _bench(imagenet, suite="imagenet256", preset="tiny", epochs=1, num_samples=8, image_size=32,
+                 backbones="repa", run_id="r")  # fmt: skip
+    assert msg and msg.startswith(match), msg
+    assert not (imagenet / "imagenet256" / "r" / "metrics.jsonl").exists()  # nothing trained
+    assert {p: b for p, b in _files(tmp_path).items() if p in before} == before
+
+
 def test_reference_of_another_resolution_is_refused_outside_the_dry_run(tmp_path):
     from bench.errors import CorruptInputError
     from bench.metrics import compute_reference, get_extractor, write_samples_npz
@@ -198,3 +239,80 @@ def test_reference_of_another_resolution_is_refused_outside_the_dry_run(tmp_path
     assert str(e.value) == f"{ref64}: reference images are 64x64, the run samples 32x32; use the reference batch of the samples' resolution"  # fmt: skip
     check_scoring(TWO, ex, reference, strict_resolution=False)  # the dry run crops any folder to any size
     check_scoring(dataclasses.replace(TWO, image_size=64), ex, reference)
+
+
+# ------------------------------------------------------------------ SIGKILL during latent extraction
+
+# `python -m bench.runner ARGS` (what `invoke bench` runs) with the latent cache in shards of 4 images, 2 a batch,
+# so that a kill can fall between shards. With KILL=n it stops in the extraction's progress update once more than
+# n images are done: prints a marker and sleeps until killed.
+LATENT_DRIVER = """
+import functools, os, sys, time
+import torch
+torch.set_num_threads(1)  # bit for bit across processes
+import bench.latent_cache as lc
+from bench.progress import Progress
+lc.build_latent_cache = functools.partial(lc.build_latent_cache, shard_size=4, batch_size=2)
+if os.environ.get("KILL"):
+    real = Progress.update
+
+    def update(self, n=1, **info):
+        real(self, n, **info)
+        if self.desc.startswith("latent cache") and self.done > int(os.environ["KILL"]):
+            print("KILL-POINT", flush=True)
+            time.sleep(600)
+
+    Progress.update = update
+from bench.runner import main
+sys.exit(main(sys.argv[1:]))
+"""
+LATENT_RUN = ["--suite", "imagenet256", "--preset", "tiny", "--epochs", "1", "--num-samples", "8", "--image-size", "32",
+              "--backbones", "repa", "--sample-steps", "2", "--run-id", "r"]  # fmt: skip
+
+
+def test_sigkill_during_latent_extraction_then_resume_gives_the_same_metrics(tmp_path):
+    import signal
+    import subprocess
+
+    from bench.data import embedded_images
+    from bench.metrics import write_samples_npz
+    from bench.metrics.extractors import INCEPTION_WEIGHTS_FILE, make_random_inception_weights
+
+    images, labels = embedded_images(32, 2, "ref", num_classes=3)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1",
+           "GENBENCH_IMAGENET": str(make_imagenet_tree(tmp_path / "train", copies=2)),  # 16 images: 4 shards
+           "GENBENCH_INCEPTION": str(make_random_inception_weights(tmp_path / INCEPTION_WEIGHTS_FILE)),
+           "GENBENCH_ADM_REF": str(write_samples_npz(tmp_path / "ref.npz", images, labels))}  # fmt: skip
+
+    def start(out, *args, kill=""):
+        return subprocess.Popen([sys.executable, "-c", LATENT_DRIVER, *args, "--out", str(out)], env={**env, "KILL": kill},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    ref = start(tmp_path / "uninterrupted", *LATENT_RUN)  # alongside the killed run
+    killed = start(tmp_path / "killed", *LATENT_RUN, kill="9")  # inside shard 2: shards 0 and 1 finished
+    try:
+        assert killed.stdout.readline().strip() == "KILL-POINT", killed.stderr.read()[-3000:]
+    finally:
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()
+    (cache,) = (tmp_path / "killed" / "_cache" / "latents").iterdir()
+    shards = {p.name: p.read_bytes() for p in cache.glob("shard_*.safetensors")}
+    assert sorted(shards) == ["shard_00000.safetensors", "shard_00001.safetensors"]  # nothing torn
+    assert not (cache / "index.json").exists()
+    run_dir = tmp_path / "killed" / "imagenet256" / "r"
+    again = start(tmp_path / "unused", "--resume", str(run_dir))  # `invoke bench --resume RUN_DIR`
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    assert "2 to extract, 2 already done" in err and "taking over stale lock" in err
+    assert all((cache / name).read_bytes() == data for name, data in shards.items())  # kept, not redone
+    _, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err[-3000:]
+
+    def values(out):
+        rows = read_metrics(out / "imagenet256" / "r" / "metrics.jsonl")
+        assert any(r["phase"] == "run" for r in rows)
+        return {(r["phase"], r["metric"], r["epoch"], r["protocol"]): r["value"] for r in rows
+                if r["phase"] in ("stage1", "train", "eval")}  # fmt: skip
+
+    got, want = values(tmp_path / "killed"), values(tmp_path / "uninterrupted")
+    assert ("eval", "fid", 1, "paper") in want and got == want

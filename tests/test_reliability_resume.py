@@ -4,7 +4,8 @@ bit on CPU, as an uninterrupted run. Real processes killed with SIGKILL (no clea
 One chain of kills covers the stages in order (each resume is killed in the next stage), which costs about one
 run instead of one per stage: stage-1 training, generator training (after the epoch-2 checkpoint), sampling, and
 feature extraction of the samples. Before one resume the stage-1 checkpoint is corrupted: it must be recomputed,
-never used. Not covered yet: latent extraction (it has no resumable cache in this version)."""
+never used. Latent extraction (the imagenet suites' latent cache): tests/test_reliability_data.py and
+tests/test_reliability_midrun.py."""
 
 import os
 import signal

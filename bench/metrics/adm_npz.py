@@ -144,6 +144,11 @@ def _describe_bad_images(path: Path, arr: np.ndarray) -> Exception:
             return NpzFormatError(
                 f"{path}: arr_0 values span [{lo:g}, {hi:g}], outside the image range [0, 255]{hint}"
             )
+        if arr.dtype.kind == "f" and hi <= 1.0:  # rounding these to uint8 would give a black batch
+            return NpzFormatError(
+                f"{path}: arr_0 is {arr.dtype} in [{lo:g}, {hi:g}], which looks like images scaled to [0, 1]; ADM "
+                "batches store uint8 [0, 255] (convert with np.round(x * 255).astype(np.uint8))"
+            )
     return NpzFormatError(
         f"{path}: arr_0 has dtype {arr.dtype}; ADM batches store uint8 images "
         "(convert with np.clip(np.round(x), 0, 255).astype(np.uint8))"
