@@ -195,6 +195,29 @@ def jacobi_bench(c, out="reports/starflow", golden="", block=16, tol=1e-3, max_i
         seed=int(seed), command="invoke jacobi-bench " + " ".join(sys.argv[2:]))  # fmt: skip
 
 
+@task(help={
+    "suite": "suite to study (default patches64)", "seeds": "comma list of run seeds (default 0,1,2)",
+    "out": "the study's results store (default results/study-<suite>)", "reports": "reports root (default reports)",
+    "backbones": "comma list of backbones (default: the suite's)", "device": "cpu or cuda",
+    "epochs": "budget: training epochs (and last evaluation epoch) instead of the suite's",
+    "num_samples": "budget: samples per evaluation instead of the suite's",
+    "sample_steps": "budget: replace the samplers' integration steps", "boot": "bootstrap draws per evaluation",
+    "plots": "write the figures (--no-plots: tables and HTML only)",
+})  # fmt: skip
+@_user_errors
+def study(c, suite="patches64", seeds="0,1,2", out="", reports="reports", backbones="", device="cpu", epochs=0,
+          num_samples=0, sample_steps=0, boot=200, plots=True):  # fmt: skip
+    """Every seed of a suite into one store (finished seeds skipped), bootstrap rows, then <reports>/<suite>/."""
+    from bench.studies.patches64 import run_study
+
+    code = run_study(suite=suite, seeds=seeds, out=out or None, reports=reports, backbones=backbones or None,
+                     device=device, epochs=int(epochs) or None, num_samples=int(num_samples) or None,
+                     sample_steps=int(sample_steps) or None, n_boot=int(boot), make_plots=bool(plots),
+                     command="invoke study " + " ".join(shlex.quote(a) for a in sys.argv[2:]))  # fmt: skip
+    if code:
+        raise Exit(code=code)
+
+
 @task(help={"json": "print the rows as JSON instead of Markdown"})
 @_user_errors
 def recipes(c, json=False):
@@ -206,7 +229,7 @@ def recipes(c, json=False):
         raise Exit(code=code)
 
 
-namespace = Collection(bench, report, test, fid, kernels, parity, flow_sizes, jacobi_bench, recipes)
+namespace = Collection(bench, report, test, fid, kernels, parity, flow_sizes, jacobi_bench, recipes, study)
 
 
 def _version() -> str:

@@ -256,6 +256,11 @@ def suite_report(suite: str, df: pd.DataFrame, runs: list[RunInfo], paper: pd.Da
         extra.insert(
             0, ("Claims of the seed papers: measured here beside the published numbers", claims.METHOD, ct)
         )
+    has_ci = (d["phase"] == "eval").any() and d["quantity"].isin(["fid_ci_low"]).any()
+    if has_ci or len(suite_runs) > 1:
+        extra.insert(0, ("Final FID per seed (measured; bootstrap interval within each seed where logged)",
+                         "value [low, high]: 95% bootstrap interval over the seed's samples (fid_ci rows).",
+                         tables.per_seed_table(d)))  # fmt: skip
     budget = tables.budget_table(suite_runs)
     if not budget.empty:
         extra.insert(0, ("Budget (from each run's config.json)", BUDGET, budget))

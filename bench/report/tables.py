@@ -243,7 +243,7 @@ def leaderboard(d: pd.DataFrame, thr: pd.DataFrame) -> Table:
             text, sort = interval([last(g)["value"] for _, g in f.groupby("k_run")] if not f.empty else [])
             b.put(col(q, ext, n), text, sort, q)
         for q, ext in other_eval:
-            if q.startswith("fid_ci"):
+            if q.startswith(("fid_ci", "fid_boot")):  # the interval rows: shown with the FID they bound
                 continue
             f = e[(e["quantity"] == q) & (e["k_ext"] == ext)]
             text, sort = interval([last(g)["value"] for _, g in f.groupby("k_run")] if not f.empty else [])
@@ -433,4 +433,30 @@ def budget_table(runs: Sequence[RunInfo]) -> Table:
             "budget options",
             ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in opts.items()) or "suite default",
         )
+    return b.table()
+
+
+def per_seed_table(d: pd.DataFrame) -> Table:
+    """One row per (backbone, run): the last evaluated epoch's FID with its bootstrap interval within that seed
+    (fid_ci_low / fid_ci_high rows), for each extractor and sample count."""
+    ev = d[d["phase"] == "eval"]
+    fid = ev[(ev["quantity"] == "fid") & ev["value"].notna()]
+    b = _Builder()
+    for (bb, run), g in fid.groupby(["k_bb", "k_run"]):
+        for (ext, n), h in g.groupby(["k_ext", "k_n"]):
+            if "protocol" in h.columns and (h["protocol"].map(key) == "paper").any():
+                h = h[h["protocol"].map(key) == "paper"]
+            r = last(h)
+            at = ev[(ev["k_bb"] == bb) & (ev["k_run"] == run) & (ev["k_ext"] == ext) & (ev["k_n"] == n)
+                    & (ev["epoch"] == r["epoch"]) & (ev["k_setting"] == r["k_setting"])]  # fmt: skip
+            lo, hi = (at.loc[at["quantity"] == q, "value"] for q in ("fid_ci_low", "fid_ci_high"))
+            text, sort = interval(
+                [r["value"]], lo.iloc[-1] if len(lo) else None, hi.iloc[-1] if len(hi) else None
+            )
+            b.new()
+            b.put("backbone", bb)
+            b.put("run", run)
+            b.put("seed", key(r["seed"]), r["seed"])
+            b.put("epoch", key(r["epoch"]), r["epoch"], "epoch")
+            b.put(col("fid", ext, n, "last "), text, sort, "fid")
     return b.table()
