@@ -24,8 +24,9 @@ from bench.store import RunStore
 EPOCHS = (4, 12, 24)
 
 
-def _write(root, runs: dict, thr: dict | None = None, suite: str = "s"):
-    """runs: seed -> {backbone: [fid per EPOCHS] or [(fid, boot_sd)]}; thr: backbone -> sample img/s (every run)."""
+def _write(root, runs: dict, thr: dict | None = None, suite: str = "s", floors: dict | None = None):
+    """runs: seed -> {backbone: [fid per EPOCHS] or [(fid, boot_sd)]}; thr: backbone -> sample img/s (every run);
+    floors: backbone -> its tokenizer's rFID (bench.floors rows)."""
     for seed, bbs in runs.items():
         config = {"suite": suite, "seed": seed, "eval_epochs": list(EPOCHS), "n_eval_samples": 64,
                   "backbones": {b: {"family": b, "recipe": {"epochs": EPOCHS[-1]}} for b in bbs}}  # fmt: skip
@@ -38,6 +39,8 @@ def _write(root, runs: dict, thr: dict | None = None, suite: str = "s"):
                     st.log_metric(bb, "eval", "fid", fid, **f)
                     if sd is not None:
                         st.log_metric(bb, "eval", "fid_boot_std", sd, **f)
+                if floors and bb in floors:
+                    st.log_metric(bb, "tokenizer", "rfid", floors[bb], extractor="smoke", n_samples=64)
                 if thr and bb in thr:
                     st.log_metric(
                         bb, "throughput", "sample_img_per_s", thr[bb], n_samples=8, sampler="ode", steps=8
@@ -100,6 +103,14 @@ def test_supported_across_seeds(tmp_path):
     # the paper's number sits in its own column, with its source; derived from the CSV's unguided FIDs
     assert r["paper speed-up (×)"].startswith("≥ 10x (derived") and "2512.07829" in r["paper source"]
     assert r["epoch speed-up (×)"] not in ("", r["paper speed-up (×)"])
+
+
+def test_floor_limited_comparison_is_not_resolvable(tmp_path):
+    runs = {s: {"vavae_lightningdit": [100, 60, 40], "fae": [50 + 2 * s, 35, 30]} for s in range(3)}
+    t = _table(_write(tmp_path, runs, floors={"vavae_lightningdit": 35.0, "fae": 5.0}))
+    r = _row(t, "(a) FAE reaches VA-VAE + LightningDiT's final FID faster (epochs)")
+    assert r["verdict"] == UNRESOLVED and r["why"].startswith("supported by the interval alone")
+    assert "vavae_lightningdit's final FID 40" in r["caveat"] and "fae's" not in r["caveat"]
 
 
 def test_not_supported_when_never_reached(tmp_path):

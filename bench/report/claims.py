@@ -31,7 +31,8 @@ Method (stated in the report, `METHOD`):
   Supported: the interval lies entirely on the claimed side; not supported: entirely on the other side; not
   resolvable at this scale: the interval straddles the threshold, or there is no interval, or rows are missing
   (which ones is said). With seeds, a censored seed on the unsafe side (e.g. a "not reached" when judging
-  "supported") makes the verdict not resolvable.
+  "supported") makes the verdict not resolvable. So does a side whose final FID is under FLOOR_FACTOR x its
+  tokenizer's rFID (the floor rows of bench.floors): its tokenizer, not its generator, would decide it.
 Published numbers are shown in their own columns with their source, never mixed into the measured ones.
 """
 
@@ -64,7 +65,8 @@ METHOD = (
     "counts when bracketed, else bounded by the one measured point (more steps never worse). Interval (95%): "
     "t-interval of the log-ratio over seeds; one seed: parametric bootstrap of log-FID from the store's fid_ci "
     "rows (2000 draws); none without them. Verdict: interval entirely on the claimed side of the threshold = "
-    "supported, entirely on the other side = not supported, straddling or missing = not resolvable at this scale. "
+    "supported, entirely on the other side = not supported, straddling or missing = not resolvable at this scale, "
+    "as is any comparison where a side's final FID is under 2x its tokenizer's rFID (the tokenizer would decide). "
     "Paper columns: published, not measured here (source given)."
 )
 
@@ -441,11 +443,16 @@ def claims_table(d: pd.DataFrame, thr: pd.DataFrame, paper: pd.DataFrame) -> Tab
         b.put("threshold", f"{'>' if claimed == 'above' else '≤'} {num(threshold)}", threshold)
         b.put(paper_col, paper_text, np.nan, f"paper:{paper_q}")
         b.put("paper source", source)
-        b.put("verdict", v)
-        b.put("why", reason)
         near = [
             bb for bb in backbones if bb in floor and bb in final and final[bb] < FLOOR_FACTOR * floor[bb]
         ]
+        if near and v != UNRESOLVED:  # the tokenizer, not the generator, would decide the verdict
+            v, reason = (
+                UNRESOLVED,
+                f"{v} by the interval alone, but {' and '.join(near)} near the tokenizer floor",
+            )
+        b.put("verdict", v)
+        b.put("why", reason)
         b.put("caveat", "; ".join(f"{bb}'s final FID {num(final[bb])} is under {num(FLOOR_FACTOR)}x its tokenizer's "
                                   f"rFID {num(floor[bb])}: its tokenizer, not its generator, limits it" for bb in near))  # fmt: skip
 
