@@ -118,6 +118,7 @@ def run_study(suite: str = "patches64", seeds: str | Sequence[int] = (0, 1, 2), 
               num_samples: int | None = None, sample_steps: int | None = None, n_boot: int = 200,
               make_plots: bool = True, command: str = "") -> int:  # fmt: skip
     """Run every seed (skipping finished ones), add bootstrap rows, build <reports>/<suite>/. 0 on success."""
+    from bench.metrics import NonFiniteSamplesError
     from bench.report import build_reports
     from bench.runner import BenchArgs, build_suite, plan, run
     from bench.store import atomic_write_json
@@ -147,14 +148,19 @@ def run_study(suite: str = "patches64", seeds: str | Sequence[int] = (0, 1, 2), 
                           "eval_epochs": list(default.eval_epochs), "num_samples": default.n_eval_samples},
         "options": {k: v for k, v in budget.items() if v is not None},
     })  # fmt: skip
-    code, t0 = 0, time.perf_counter()
+    code, t0, diverged = 0, time.perf_counter(), []
     for a in args:
         done = [r for r in _runs(store, s0.name) if _args(r).get("seed") == a.seed and _finished(r, names)]
         if done:
             log.info(f"study: seed {a.seed} already finished in {done[0]}; skipping")
         else:
             log.info(f"study: seed {a.seed} ({len(names)} backbones) into {store}")
-            rc = run(a)
+            try:
+                rc = run(a)
+            except NonFiniteSamplesError as e:  # a family diverged in this seed: the other seeds still run
+                log.info(f"study: seed {a.seed}: {e}")
+                diverged.append(f"seed {a.seed}: {e}")
+                rc = 0
             if rc:
                 log.info(f"study: seed {a.seed} finished with failures (exit {rc}); its rows are kept")
                 code = rc
@@ -163,6 +169,8 @@ def run_study(suite: str = "patches64", seeds: str | Sequence[int] = (0, 1, 2), 
                 if _args(r).get("seed") == a.seed:
                     add_bootstrap_rows(r, s0, n_boot, device)
     paths = build_reports(store, reports, [s0.name], make_plots=make_plots)
+    if diverged:  # reported after the report is built: the rows of every seed are in it
+        raise NonFiniteSamplesError("; ".join(diverged))
     log.info(f"study: {len(seed_list)} seed(s) in {time.perf_counter() - t0:.0f}s; report {Path(reports) / s0.name}"
              f" ({len(paths)} files)")  # fmt: skip
     return code
