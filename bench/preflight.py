@@ -13,6 +13,55 @@ from bench.errors import CorruptInputError, OptionError
 from bench.progress import log
 
 _STATS_OF = {"pool": "mu", "spatial": "mu_s"}
+# the values bench.train accepts (it reads them at stage 2, after stage 1 has trained: too late to refuse them)
+POSTERIORS = ("mean", "sample", "sample_once")
+LATENT_NORMS = ("per_channel", "scale", "released")
+
+
+def check_recipe(name: str, recipe) -> None:
+    """A backbone's (overridden) recipe: every enumerated field known, every number in its range. One
+    OptionError naming the backbone, the field and the value, before any training (the trainer would find an
+    unknown posterior or schedule only at stage 2, a negative learning rate as an optimizer exception)."""
+    from bench.metrics.adm_npz import check_uint8_convention
+    from bench.optimise import autocast_for, lr_at
+
+    r = recipe
+    for field, value, known in (
+        ("posterior", r.posterior, POSTERIORS),
+        ("latent_norm", r.latent_norm, LATENT_NORMS),
+    ):
+        if value not in known:
+            raise OptionError(f"{name}: unknown {field} {value!r}; known: {', '.join(known)}")
+    for field in ("lr_schedule", "stage1_lr_schedule"):
+        try:
+            lr_at(0, 1, 1.0, getattr(r, field), 0, 0.0)
+        except OptionError as e:
+            raise OptionError(f"{name}.{field}: {e}") from None
+    try:
+        autocast_for("cpu", r.mixed_precision)
+        check_uint8_convention(r.release_uint8)
+    except OptionError as e:
+        raise OptionError(f"{name}: {e}") from None
+    bad = []
+    ranges = {  # field -> (test, what it must be)
+        "lr": (lambda v: v > 0, "> 0"), "min_lr": (lambda v: v >= 0, ">= 0"),
+        "weight_decay": (lambda v: v >= 0, ">= 0"), "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "warmup_steps": (lambda v: v >= 0, ">= 0"), "warmup_epochs": (lambda v: v >= 0, ">= 0"),
+        "grad_clip": (lambda v: v is None or v > 0, "> 0 (or None: off)"),
+        "label_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"), "hflip": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "betas": (lambda v: all(0 <= b < 1 for b in v), "in [0, 1)"),
+        "stage1_epochs": (lambda v: v >= 0, ">= 0 (0: no stage 1)"),
+    }  # fmt: skip
+    if r.stage1_epochs:
+        ranges |= {"stage1_lr": ranges["lr"], "stage1_min_lr": ranges["min_lr"],
+                   "stage1_warmup_steps": ranges["warmup_steps"], "stage1_grad_clip": ranges["grad_clip"],
+                   "stage1_betas": ranges["betas"]}  # fmt: skip
+    for field, (ok, must) in ranges.items():
+        value = getattr(r, field)
+        if not ok(value):
+            bad.append(f"{name}.{field}={value!r} (must be {must})")
+    if bad:
+        raise OptionError(f"recipe values out of range: {', '.join(bad)}")
 
 
 def check_scoring(suite, extractor, reference, *, strict_resolution: bool = True) -> None:

@@ -244,7 +244,7 @@ def run(a: BenchArgs) -> int:
         return run_throughput_suite(a.backbones, a.out, a.seed, a.device, a.run_id)
     from bench.evaluate import suite_reference
     from bench.metrics import NonFiniteSamplesError, get_extractor
-    from bench.preflight import check_scoring
+    from bench.preflight import check_recipe, check_scoring
     from bench.train import BackboneRun, ReleaseRun, RunOptions, make_backbone
 
     suite, names, root = plan(a)
@@ -266,6 +266,8 @@ def run(a: BenchArgs) -> int:
         sampler_protocols(bb, suite.protocols)
     require_positive(n_eval_samples=suite.n_eval_samples, sample_batch_size=suite.sample_batch_size, micro_batch=a.micro_batch,
                      **{f"{n}.{k}": c["recipe"][k] for n, c in config["backbones"].items() for k in ("epochs", "batch_size", "stage1_batch_size")})  # fmt: skip
+    for n, bb in bbs.items():  # what the trainer would refuse only at stage 2, refused now
+        check_recipe(n, bb.recipe)
     run_id = a.run_id or f"seed{a.seed}-{config_hash(config)[:8]}"
     if D.is_main():
         store = RunStore(root, suite.name, run_id, seed=a.seed, config=config, device=device)

@@ -250,6 +250,17 @@ def test_zero_or_negative_budgets_batch_sizes_and_sample_counts(world, monkeypat
     assert match in _bench(monkeypatch, world, **changes)
 
 
+@pytest.mark.parametrize("changes, match", [  # the trainer would meet these only at stage 2, after stage 1
+    (dict(posterior="bogus"), "repa: unknown posterior 'bogus'; known: mean, sample, sample_once"),
+    (dict(latent_norm="std"), "repa: unknown latent_norm 'std'; known: per_channel, scale, released"),
+    (dict(lr_schedule="cosinus"), "repa.lr_schedule: unknown lr schedule 'cosinus'; known: constant, cosine"),
+    (dict(lr=-1e-4, ema_decay=2.0), "recipe values out of range: repa.lr=-0.0001 (must be > 0), repa.ema_decay=2.0 (must be in [0, 1))"),
+    (dict(stage1_grad_clip=0.0), "repa.stage1_grad_clip=0.0 (must be > 0 (or None: off))"),
+])  # fmt: skip
+def test_recipe_values_unknown_or_out_of_range(world, monkeypatch, changes, match):
+    assert match in _bench(monkeypatch, world, overrides=_repa(**changes))
+
+
 @pytest.mark.parametrize("option, value, match", [
     ("epochs", -1, "must be >= 1: --epochs=-1"),
     ("num_samples", -5, "must be >= 1: --num-samples=-5"),
