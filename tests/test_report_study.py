@@ -69,6 +69,11 @@ def test_study_end_to_end(tmp_path, tiny_suite):
     assert per_seed.count("[") >= 2  # one bootstrap interval per seed
     budget = md.split("## Budget")[1].split("##")[0]
     assert "--epochs 2, --num-samples 24" in budget and "1, 2" in budget
+    assert "Study: `invoke study --suite tinystudy --seeds 0,1 --epochs 2 --num-samples 24`" in budget
+    assert (
+        "budget 2 epochs (evaluations at [1, 2]), 24 samples against the suite's default 3 epochs, 32"
+        in budget
+    )
     for f in ("fid_vs_epoch.png", "samples.png", "grids/tarflow.png", "index.html", "summary.tex"):
         assert (out / f).is_file(), f
 

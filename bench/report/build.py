@@ -223,6 +223,28 @@ def _grids(runs: list[RunInfo], backbones: list[str], out: Path) -> tuple[list[h
 # ----------------------------------------------------------------------------------------------- suites
 
 
+def _study_note(suite_dir: Path) -> str:
+    """The study command's record (<store>/<suite>/study.json, bench.studies.patches64): its command line and the
+    budget it ran at against the suite's default."""
+    import json
+
+    p = suite_dir / "study.json"
+    try:
+        s = json.loads(p.read_text()) if p.is_file() else {}
+    except json.JSONDecodeError:
+        return ""
+    if not s:
+        return ""
+    b, dflt = s.get("budget", {}), s.get("suite_default", {})
+    ran = f"{b.get('epochs')} epochs (evaluations at {b.get('eval_epochs')}), {b.get('num_samples')} samples"
+    default = f"{dflt.get('epochs')} epochs, {dflt.get('num_samples')} samples"
+    lowered = (
+        " (the suite's default budget)" if not s.get("options") else f" against the suite's default {default}"
+    )
+    return (f" Study: `{s.get('command') or 'invoke study'}` over seeds {s.get('seeds')}, {s.get('n_boot')} bootstrap "
+            f"draws per evaluation; budget {ran}{lowered}.")  # fmt: skip
+
+
 def suite_report(suite: str, df: pd.DataFrame, runs: list[RunInfo], paper: pd.DataFrame, out: Path,
                  results_dir: Path, colors: dict, make_plots: bool = True) -> list[Path]:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -263,7 +285,9 @@ def suite_report(suite: str, df: pd.DataFrame, runs: list[RunInfo], paper: pd.Da
                          tables.per_seed_table(d)))  # fmt: skip
     budget = tables.budget_table(suite_runs)
     if not budget.empty:
-        extra.insert(0, ("Budget (from each run's config.json)", BUDGET, budget))
+        extra.insert(
+            0, ("Budget (from each run's config.json)", BUDGET + _study_note(results_dir / suite), budget)
+        )
     prov = tables.provenance_table(suite_runs)
     sections = [("Leaderboard (measured)", caption, lb),
                 ("Published numbers (paper-reported, NOT measured here)", PUBLISHED, pub), *extra,
@@ -313,6 +337,13 @@ def build_reports(results_dir: str | Path, out_dir: str | Path, suites: Sequence
         written += suite_report(suite, df, runs, paper, out_dir / suite, results_dir, colors, make_plots)
     listed = sorted(p.parent.name for p in out_dir.glob("*/index.html"))
     summary = {s: f"{df.loc[df['suite'] == s, 'run_id'].nunique()} run(s)" for s in available}
+    for s in listed:  # a suite built earlier from another store: its run count from its own metrics_long.csv
+        csv = out_dir / s / "metrics_long.csv"
+        if s not in summary and csv.is_file():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                runs = pd.read_csv(csv, usecols=["run_id"])["run_id"].nunique()
+            summary[s] = f"{runs} run(s)"
     others = sorted(
         p.relative_to(out_dir).as_posix() for p in out_dir.glob("*/*.md") if p.parent.name not in listed
     )
