@@ -74,6 +74,9 @@ class DINOv2Encoder(nn.Module):
         arch, _ = DINOV2_ARCHS[name]
         random_init = str(weights) == "random"  # autoencoder.RANDOM_WEIGHTS: throughput on paper shapes only
         path = Path(weights) if weights and not random_init else None
+        # a timm folder (config.json + model.safetensors), as on the HF hub
+        if path is not None and path.is_dir():
+            path, timm_kwargs = _timm_folder(path, arch, timm_kwargs)
         if not random_init and (path is None or not path.is_file()):
             raise FileNotFoundError(
                 f"{name}: weights file not found ({path}). Download timm's '{arch}.lvd142m' weights "
@@ -112,13 +115,46 @@ class DINOv2Encoder(nn.Module):
         return tokens[:, self.model.num_prefix_tokens :]
 
 
+def _timm_folder(folder: Path, arch: str, timm_kwargs: dict) -> tuple[Path, dict]:
+    """The weights file and timm kwargs of a timm model folder (what `huggingface-cli download
+    timm/vit_large_patch14_dinov2.lvd142m` gives): config.json's architecture must be `arch` (its pretrained tag,
+    e.g. ".lvd142m", aside); its model_args, if any, are passed to timm.create_model as timm's local-dir loader does."""
+    import json
+
+    cfg_p = folder / "config.json"
+    if not cfg_p.is_file():
+        raise FileNotFoundError(f"{folder}: a timm model folder holds config.json and model.safetensors")
+    cfg = json.loads(cfg_p.read_text())
+    got = str(cfg.get("architecture", "")).split(".")[0]
+    if got != arch:
+        raise ValueError(f"{cfg_p}: architecture {got!r}, expected {arch!r}")
+    weights = next(
+        (folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None
+    )
+    if weights is None:
+        raise FileNotFoundError(f"{folder}: no model.safetensors (or pytorch_model.bin)")
+    return weights, {**cfg.get("model_args", {}), **timm_kwargs}
+
+
+def dinov2_weights_path(name: str, root: str | os.PathLike) -> Path:
+    """Where a DINOv2 encoder's weights sit in a weights folder: <name>.safetensors, else a timm folder <name>/."""
+    root = Path(root)
+    folder = root / name
+    return (
+        folder
+        if not (root / f"{name}.safetensors").is_file() and folder.is_dir()
+        else root / f"{name}.safetensors"
+    )
+
+
 def build_encoder(name: str, **kwargs) -> nn.Module:
     """'standin' (kwargs: dim, grid, width, seed) or a DINOv2 name (kwargs: weights, image_size, timm kwargs).
-    A DINOv2 encoder without `weights` looks at $GENBENCH_WEIGHTS/<name>.safetensors."""
+    A DINOv2 encoder without `weights` looks at $GENBENCH_WEIGHTS/<name>.safetensors (or the timm folder
+    $GENBENCH_WEIGHTS/<name>/)."""
     if name == "standin":
         return StandInEncoder(**kwargs)
     if name in DINOV2_ARCHS:
         if kwargs.get("weights") is None and os.environ.get("GENBENCH_WEIGHTS"):
-            kwargs["weights"] = Path(os.environ["GENBENCH_WEIGHTS"]) / f"{name}.safetensors"
+            kwargs["weights"] = dinov2_weights_path(name, os.environ["GENBENCH_WEIGHTS"])
         return DINOv2Encoder(name, **kwargs)
     raise ValueError(f"unknown encoder {name!r}; known: standin, {', '.join(DINOV2_ARCHS)}")

@@ -162,9 +162,22 @@ class EmbeddedImages(ImageSource):
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+def _class_files(folder: Path) -> list[str]:
+    """Files under one class folder, relative to it, in torchvision's order (datasets/folder.py make_dataset:
+    sorted(os.walk(followlinks=True)), then sorted names): sub-folders such as Tiny-ImageNet's <wnid>/images/ are
+    walked; hidden files and folders (.DS_Store, .ipynb_checkpoints) are skipped."""
+    out = []
+    for root, _dirs, names in sorted(os.walk(folder, followlinks=True)):
+        rel = Path(root).relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        out += [(rel / n).as_posix() for n in sorted(names) if not n.startswith(".")]
+    return out
+
+
 class ImageFolder(ImageSource):
     """ImageNet-style train folder: one sub-folder per class (sorted names -> class index, as torchvision's
-    ImageFolder), files sorted by name inside each, ADM center crop at `image_size`.
+    ImageFolder), files in torchvision's order inside each (sub-folders walked), ADM center crop at `image_size`.
 
     Checked when built: the folder exists, has class folders, no class folder is empty, and every file in a
     class folder has an image extension (hidden files such as .DS_Store are skipped; files at the top level are
@@ -182,7 +195,7 @@ class ImageFolder(ImageSource):
             raise CorruptInputError(f"{self.root}: no class sub-folders (expected one folder per synset)")
         files, labels, empty, bad = [], [], [], []
         for i, c in enumerate(self.classes):
-            names = sorted(e.name for e in os.scandir(self.root / c) if not e.name.startswith("."))
+            names = _class_files(self.root / c)
             imgs = [n for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
             bad += [f"{c}/{n}" for n in names if os.path.splitext(n)[1].lower() not in IMAGE_EXTENSIONS]
             if not imgs:

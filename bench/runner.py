@@ -47,6 +47,8 @@ class BenchArgs:
     fsdp: bool = False
     labels: str = "equal"
     from_release: bool = False
+    # DataLoader workers per rank (imagenet suites); None: bench.step_loader's default
+    workers: int | None = None
 
 
 def build_suite(a: BenchArgs):
@@ -102,6 +104,11 @@ def plan(a: BenchArgs):
         suite = replace(suite, requires={k: v for k, v in suite.requires.items() if v in ("GENBENCH_ADM_REF", "GENBENCH_INCEPTION")})  # fmt: skip
         check_requirements(suite, device)
         check_release_files(names)
+    elif suite.data == "imagenet" and a.preset != "tiny":  # paper presets: every weights file they load, too
+        from bench.paper_inputs import SD_VAE_ENV, WEIGHTS_ENV, paper_input_problems
+
+        generic = replace(suite, requires={k: v for k, v in suite.requires.items() if v not in (SD_VAE_ENV, WEIGHTS_ENV)})  # fmt: skip
+        check_requirements(generic, device, extra=paper_input_problems(names))
     else:
         check_requirements(suite, device)
     root = check_output_dir(a.out)
@@ -110,6 +117,18 @@ def plan(a: BenchArgs):
             f"suite {suite.name} ({suite.data} data) is measured by `invoke throughput`, not trained"
         )
     return suite, names, root
+
+
+def _workers(a: BenchArgs, device: str) -> int:
+    import os
+
+    from bench.step_loader import default_workers
+
+    if a.workers is not None:
+        if int(a.workers) < 0:
+            raise OptionError(f"--workers must be >= 0 (0: load in the training process), got {a.workers}")
+        return int(a.workers)
+    return default_workers(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 class RunData:
@@ -296,7 +315,8 @@ def run(a: BenchArgs) -> int:
         # what the first evaluation would refuse (metric, feature width, resolution), refused before training
         check_scoring(suite, extractor, reference, strict_resolution=a.preset != "tiny")
     opts = RunOptions(device=device, micro_batch=a.micro_batch or suite.micro_batch, ckpt_every=a.ckpt_every,
-                      precision=a.precision, compile=a.compile, fsdp=a.fsdp, labels=a.labels)  # fmt: skip
+                      precision=a.precision, compile=a.compile, fsdp=a.fsdp, labels=a.labels,
+                      workers=_workers(a, device))  # fmt: skip
     failed, diverged = [], []
     t0 = time.perf_counter()
     for name in names:
@@ -342,6 +362,8 @@ def resume_args(run_dir: str | Path, **overrides) -> BenchArgs:
     saved.update(out=str(p.parent.parent), run_id=p.name)
     # how the run executes may change on resume; what it computes may not
     saved.update({k: v for k, v in overrides.items() if k in ("device", "ckpt_every", "compile") and v})
+    if overrides.get("workers") is not None:
+        saved["workers"] = overrides["workers"]
     return BenchArgs(**{k: v for k, v in saved.items() if k in BenchArgs.__dataclass_fields__})
 
 
@@ -353,7 +375,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument(flag, action="store_true")
         else:
             p.add_argument(flag, type=int if f in ("seed", "epochs", "num_samples", "image_size", "sample_steps", "micro_batch",
-                                                   "ckpt_every") else str, default=d.default)  # fmt: skip
+                                                   "ckpt_every", "workers") else str, default=d.default)  # fmt: skip
     p.add_argument("--resume", default=None, help="continue the run in this directory")
     return p
 

@@ -134,7 +134,7 @@ IMAGENET256 = Suite(
     requires={
         "ImageNet train folder": "GENBENCH_IMAGENET",
         "ADM reference batch VIRTUAL_imagenet256_labeled.npz": "GENBENCH_ADM_REF",
-        "InceptionV3 weights (torch-fidelity pt_inception-2015-12-05)": "GENBENCH_INCEPTION",
+        "InceptionV3 weights (torch-fidelity weights-inception-2015-12-05)": "GENBENCH_INCEPTION",
         "SD-VAE ft-EMA / ft-MSE diffusers folder": "GENBENCH_SD_VAE",
         "DINOv2 weights folder": "GENBENCH_WEIGHTS",
     },
@@ -159,10 +159,11 @@ SUITES: dict[str, Suite] = {s.name: s for s in (SMOKE, PATCHES64, IMAGENET256, I
 HOW_TO_GET = {
     "GENBENCH_IMAGENET": "the ILSVRC2012 train folder (one sub-folder per synset), from image-net.org",
     "GENBENCH_ADM_REF": "VIRTUAL_imagenet256_labeled.npz from openai/guided-diffusion's evaluations/README.md",
-    "GENBENCH_INCEPTION": "pt_inception-2015-12-05-6726825d.pth, the weights file torch-fidelity downloads "
+    "GENBENCH_INCEPTION": "weights-inception-2015-12-05-6726825d.pth, the weights file torch-fidelity downloads "
     "(github.com/toshas/torch-fidelity releases)",
     "GENBENCH_SD_VAE": "a diffusers folder of stabilityai/sd-vae-ft-ema or sd-vae-ft-mse (Hugging Face)",
-    "GENBENCH_WEIGHTS": "a folder with the DINOv2 ViT-B/14 and ViT-L/14 timm weights",
+    "GENBENCH_WEIGHTS": "a folder with the DINOv2 timm weights dinov2-vit-{b14,l14,g14}.safetensors (or timm folders "
+    "of timm/vit_{base,large,giant}_patch14_dinov2.lvd142m)",
 }
 
 DRY_RUN_REQUIRES = {k: v for k, v in IMAGENET256.requires.items() if v in ("GENBENCH_IMAGENET", "GENBENCH_ADM_REF", "GENBENCH_INCEPTION")}  # fmt: skip
@@ -232,9 +233,10 @@ def _has_class_folders(root: Path) -> bool:
     return any(p.is_dir() and any(p.iterdir()) for p in root.iterdir())
 
 
-def check_requirements(suite: Suite, device: str) -> None:
-    """One error naming every missing path and how to provide it, before any work starts."""
-    missing = []
+def check_requirements(suite: Suite, device: str, extra: list[str] | tuple = ()) -> None:
+    """One error naming every missing path and how to provide it, before any work starts (`extra`: more such
+    lines from other checks, e.g. bench.paper_inputs' weights files)."""
+    missing = list(extra)
     for what, env in suite.requires.items():
         if env == "cuda":
             import torch

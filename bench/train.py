@@ -18,12 +18,14 @@ import torch
 from baselines.api import Backbone, build_backbone, sample_generators
 from bench import distributed as D
 from bench.checkpoints import checkpoint_ok, load_checkpoint, save_checkpoint
+from bench.data import to_model_range
 from bench.errors import OptionError
 from bench.evaluate import sampler_protocols
 from bench.floors import tokenizer_floor
 from bench.grids import record_evaluation
 from bench.optimise import Loop, LoopConfig, split_batch, uniform
 from bench.progress import Progress, log
+from bench.step_loader import Keyed, StepFeed, StepImages, raise_bad, step_loader
 
 
 @dataclass(frozen=True)
@@ -37,17 +39,18 @@ class RunOptions:
     compile: bool = False
     fsdp: bool = False
     labels: str = "equal"  # equal | random
+    workers: int = 0  # DataLoader worker processes per rank (ImageNet stage 1 images, stage 2 cache)
 
 
 def make_backbone(suite, name: str, seed: int) -> Backbone:
     torch.manual_seed(seed)  # model init is part of the run's randomness
-    bb = build_backbone(
-        name,
-        suite.preset_for(name),
-        num_classes=suite.num_classes,
-        image_size=suite.image_size,
-        **suite.options.get(name, {}),
-    )
+    preset = suite.preset_for(name)
+    options = suite.options.get(name, {})
+    if suite.data == "imagenet" and preset != "tiny":  # paper size: the real SD-VAE / DINOv2 local files
+        from bench.paper_inputs import paper_build_options
+
+        options = {**paper_build_options(name), **options}
+    bb = build_backbone(name, preset, num_classes=suite.num_classes, image_size=suite.image_size, **options)
     bb.recipe = bb.recipe.replace(**suite.overrides.get(name, {}))
     # the generator reads label_drop when it is built, before suite overrides: the recipe's value wins
     _apply_recipe(bb.generator, bb.recipe, 0.0)
@@ -196,7 +199,8 @@ class BackboneRun:
             tok.load_state_dict(state["tokenizer"])
             log.info(f"[{self.name}] stage 1: loaded {final}" + (f" (shared tokenizer trained by {state['trained_by']})" if key else ""))  # fmt: skip
             return
-        n, world = len(self.x), D.world()
+        stream = self.streams_images
+        n, world = (len(self.data.sources.train) if stream else len(self.x)), D.world()
         bs = self._global_batch(r.stage1_batch_size, n, "stage-1 batch")
         per_epoch = max(1, n // bs)
         total = r.stage1_epochs * per_epoch
@@ -208,9 +212,21 @@ class BackboneRun:
                          min_lr=r.stage1_min_lr, grad_clip=r.stage1_grad_clip, mixed_precision=r.mixed_precision,
                          precision=self.opts.precision, compile=self.opts.compile, fsdp=self.opts.fsdp)  # fmt: skip
         pass_gen = _accepts(tok.loss, "generator")
+        feed = None
+        if stream:
+            feed = self._feed(
+                StepImages(self.data.sources.train, r.hflip, self.seed), lambda: loop, cfg.micro
+            )
+            log.info(f"[{self.name}] stage 1 streams {self.data.sources.train.describe()}: hflip {r.hflip:g}, "
+                     f"{self.opts.workers} loader worker(s) per rank")  # fmt: skip
 
         def loss_fn(model, idx, g, step):
-            xb = self.x[idx.to(self.x.device)]
+            if feed is not None:  # ImageNet: streamed from the folder (ADM crop, the recipe's flips)
+                imgs, _, ok, msg = feed.get(idx, step)
+                raise_bad(ok, msg)
+                xb = to_model_range(imgs).to(self.device, non_blocking=True)
+            else:  # embedded suites: the in-memory crops (no flips, as before)
+                xb = self.x[idx.to(self.x.device)]
             feats = self.bb.features(xb) if tok.needs_features else None
             return model(xb, feats, step=step, **({"generator": g} if pass_gen else {}))
 
@@ -219,11 +235,31 @@ class BackboneRun:
         state_path = self.dir / "stage1_state.pt"
         self._optimise(loop, total, state_path, "stage1", lambda *a, **k: False,
                        desc="stage 1 (tokenizer)")  # fmt: skip
+        if feed is not None:
+            feed.close()
         tok.eval()
         self._save(final, {"tokenizer": tok.state_dict(), "trained_by": self.name})
         if D.is_main():  # the final checkpoint supersedes the loop's state
             for p in (state_path, state_path.with_name(state_path.name + ".sha256")):
                 p.unlink(missing_ok=True)
+
+    @property
+    def streams_images(self) -> bool:
+        """ImageNet suites: stage 1 streams the folder and stage 2 reads the latent cache, both through worker
+        DataLoaders (bench.step_loader); embedded suites keep their images in memory."""
+        return bool(getattr(self.data, "latent_cache", False))
+
+    def _feed(self, dataset, loop_of, micro: int) -> StepFeed:
+        """A StepFeed over `dataset` in the order of the loop `loop_of()` (made when the first batch is asked
+        for: the loop exists by then, and a resumed run starts at its step)."""
+        pin = str(self.device).startswith("cuda")
+
+        def make(start: int):
+            order = copy.copy(loop_of())  # its own permutation cache: the sampler runs ahead of the loop
+            return step_loader(dataset, order.indices, start, order.cfg.total_steps, micro, rank=D.rank(),
+                               world=D.world(), num_workers=self.opts.workers, pin_memory=pin)  # fmt: skip
+
+        return StepFeed(make)
 
     def _global_batch(self, bs: int, n: int, what: str) -> int:
         if n < bs:
@@ -319,14 +355,14 @@ class BackboneRun:
         else:
             raise OptionError(f"unknown latent_norm {r.latent_norm!r}; known: per_channel, scale, released")
 
-    def _cache_batch(self, idx: torch.Tensor, step: int):
-        items = [self.cache_ds[(step, int(i))] for i in idx]
-        z = torch.stack([it[0] for it in items]).to(self.device)
-        y = torch.stack([it[1] for it in items]).to(self.device)
+    def _cache_batch(self, feed: StepFeed, idx: torch.Tensor, step: int):
+        """The micro-batch `idx` of `step` from the cache loader: latents (flip and posterior draw per (seed, step,
+        index), bench.latent_dataset), labels, and the frozen encoder's features of the cached images (REPA)."""
+        z, y, *img = feed.get(idx, step)
+        z, y = z.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         f = None
         if self.cache_ds.with_images:
-            images = torch.stack([it[2] for it in items]).to(self.device).float().div(127.5).sub(1.0)
-            f = self.bb.features(images)
+            f = self.bb.features(img[0].to(self.device, non_blocking=True).float().div(127.5).sub(1.0))
         return self.bb.tokenizer.normalize(z), y, f
 
     def _sample(self, mean, std, idx, step: int, stream: int) -> torch.Tensor:
@@ -376,10 +412,16 @@ class BackboneRun:
                          compile=self.opts.compile, fsdp=self.opts.fsdp, ema_decay=r.ema_decay,
                          ema_warmup=r.ema_warmup)  # fmt: skip
 
+        feed = None
+        if self.cache_ds is not None:
+            feed = self._feed(Keyed(self.cache_ds), lambda: self.loop, cfg.micro)
+            log.info(f"[{self.name}] stage 2 reads the latent cache {self.cache_ds.cache.dir}: posterior "
+                     f"{r.posterior}, hflip {r.hflip:g}, {self.opts.workers} loader worker(s) per rank")  # fmt: skip
+
         def loss_fn(model, idx, g, step):
             _apply_recipe(gen, r, step / per_epoch)
-            if self.cache_ds is not None:
-                z, y, f = self._cache_batch(idx, step)
+            if feed is not None:
+                z, y, f = self._cache_batch(feed, idx, step)
                 return model(z, y, f, generator=g)
             z, f = self.batch_latents(idx, step)
             return model(z, self.y[idx.to(self.y.device)], f, generator=g)
@@ -406,6 +448,8 @@ class BackboneRun:
         self._optimise(
             self.loop, total, self.dir / "stage2.pt", "train", on_epoch, extra, "stage 2 (generator)"
         )
+        if feed is not None:
+            feed.close()
 
     # --- evaluation ----------------------------------------------------------------------------------
     def _eval_backbone(self) -> Backbone:

@@ -89,13 +89,14 @@ def test_dry_run_writes_fid_rows_and_adm_samples(one_process):
     )
     log = (_run_dir(one_process) / "log.txt").read_text()
     assert "img/s" in log and "ETA" in log
+    assert "stage 1 streams ImageNet-layout folder" in log and "stage 2 reads the latent cache" in log
 
 
 def test_two_gloo_processes_give_the_same_samples_and_metrics(assets, one_process):
     from bench.metrics import read_npz
 
     tmp, env = assets
-    _bench(env, tmp / "two", nproc=2)
+    _bench(env, tmp / "two", "--workers", "1", nproc=2)  # with a DataLoader worker per rank: same numbers
     a, b = _scores(one_process), _scores(tmp / "two")
     assert a.keys() == b.keys()
     for k in a:

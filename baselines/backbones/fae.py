@@ -132,6 +132,7 @@ def build_backbone(
         encoder, enc_name = build_encoder("standin", dim=cfg.feature_dim, grid=cfg.grid), "standin"
     else:  # first, so a missing weights file fails before the 0.5B-parameter tokenizer is built
         encoder, enc_name = build_encoder("dinov2-vit-g14", weights=encoder_weights), "dinov2-vit-g14"
+        cfg = dataclasses.replace(cfg, feature_dim=encoder.dim)  # the features FAE encodes are the encoder's
     with torch.device(device or "cpu"):
         tokenizer = FAETokenizer(cfg)
         latent = tokenizer.latent_shape(cfg.image_size)

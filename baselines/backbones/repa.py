@@ -102,11 +102,13 @@ def build_backbone(
         encoder = build_encoder("standin", dim=p["z_dim"], grid=grid)
     else:
         encoder = build_encoder(p["encoder"], weights=encoder_weights)
+    # the projector's width follows the encoder's, as REPA's train.py (z_dims = [encoder.embed_dim])
+    z_dim = encoder.dim if preset != "tiny" else p["z_dim"]
     net = SiT(
         input_size=h,
         in_channels=c,
         num_classes=num_classes,
-        z_dims=(p["z_dim"],),
+        z_dims=(z_dim,),
         **{**cfg, "projector_dim": p["projector_dim"]},
     )
     recipe = TINY_RECIPE if preset == "tiny" else PAPER_RECIPE
