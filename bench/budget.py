@@ -4,12 +4,13 @@ The generators are built on the meta device (no memory, no weights files) to cou
 their forward FLOPs per image (the model's own `flops_per_image`, else torch's FlopCounterMode on one meta
 forward). From those:
 - training state = parameters x (4 B fp32 weights + 4 B grads + 8 B AdamW moments + 4 B EMA), activations
-  excluded; a family whose state exceeds FSDP_THRESHOLD of one GPU's memory is marked "FSDP";
+  excluded; a family whose state exceeds FSDP_THRESHOLD of one GPU's memory is marked "--fsdp" (it must run with it);
 - GPU-hours = 3 x forward FLOPs (forward + backward) x images seen / (MFU x peak); sampling FID-50K =
   50,000 x NFE(paper sampler) x forward FLOPs / (MFU x peak) (optimistic for autoregressive flows, whose
   sequential decoding is memory-bound);
-- disk: the latent cache (posterior mean + std of every image and its flip, float32), REPA/VA-VAE's cropped
-  uint8 images (their encoder runs at train time), and one FID-50K sample file per evaluation and protocol.
+- disk: the latent cache (posterior mean + std of every image and its flip, float32), REPA's cropped uint8
+  images (its encoder runs in stage 2; VA-VAE's runs in stage 1, which streams the folder), and one FID-50K
+  sample file per evaluation and protocol.
 Assumptions are arguments, printed with the table: H100 SXM dense bf16 peak 989 TFLOP/s, MFU 0.40, 80 GB."""
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def paper_generators() -> dict[str, dict]:
         latent = (32, 16, 16)  # VA-VAE f16d32
         net = LightningDiT_models["XL/1"](input_size=16, in_channels=32, num_classes=1000)
         x = torch.zeros(1, *latent)
-        out["vavae_lightningdit (XL/1)"] = dict(net=net, flops=_meta_flops(net, x, t, y), latent=latent, nfe=2 * 250, images=True)  # fmt: skip
+        # VA-VAE's encoder (the VF loss) runs in stage 1, which streams the folder: no images in its cache
+        out["vavae_lightningdit (XL/1)"] = dict(net=net, flops=_meta_flops(net, x, t, y), latent=latent, nfe=2 * 250, images=False)  # fmt: skip
 
         from baselines.api import build_backbone
 
@@ -82,11 +84,11 @@ def budget_rows(epochs=(80, 800), peak_tflops: float = 989.0, mfu: float = 0.40,
             IMAGENET_TRAIN * IMAGE_BYTES / 1e9 if g["images"] else 0
         )
         sample_h = 50_000 * g["nfe"] * g["flops"] / per_s / 3600
-        row = [name, g["params"] / 1e6, g["flops"] / 1e9, state_gb, "FSDP" if state_gb > FSDP_THRESHOLD * gpu_gb else "DDP",
+        row = [name, g["params"] / 1e6, g["flops"] / 1e9, state_gb, "--fsdp" if state_gb > FSDP_THRESHOLD * gpu_gb else "DDP",
                cache_gb, 50_000 * IMAGE_BYTES / 1e9]  # fmt: skip
         row += [3 * g["flops"] * IMAGENET_TRAIN * e / per_s / 3600 for e in epochs]
         rows.append(row + [sample_h])
-    headers = ["family", "params (M)", "fwd GFLOP/img", "train state (GB)", f"one {gpu_gb:.0f} GB GPU",
+    headers = ["family", "params (M)", "fwd GFLOP/img", "train state (GB)", f"{gpu_gb:.0f} GB GPUs",
                "latent cache (GB)", "FID-50K npz (GB)"] + [f"GPU-h {e} ep" for e in epochs] + ["GPU-h FID-50K"]  # fmt: skip
     return headers, rows
 
