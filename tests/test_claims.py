@@ -42,8 +42,10 @@ def _write(root, runs: dict, thr: dict | None = None, suite: str = "s", floors: 
                     f = dict(epoch=ep, n_samples=64, extractor="smoke", sampler="ode", steps=8, nfe=8,
                              protocol="paper", train_flops=1e9 * ep * (2 if bb == "vavae_lightningdit" else 1))  # fmt: skip
                     st.log_metric(bb, "eval", "fid", fid, **f)
-                    if sd is not None:
-                        st.log_metric(bb, "eval", "fid_boot_std", sd, **f)
+                    if sd is not None:  # as the runner logs a suite's fid_ci metric (settings included)
+                        for m, v in (("fid_boot_std", sd), ("fid_ci_low", fid - 2 * sd), ("fid_ci_high", fid + 2 * sd),
+                                     ("n_boot", 200), ("ci_level", 0.95)):  # fmt: skip
+                            st.log_metric(bb, "eval", m, v, **f)
                 if floors and bb in floors:
                     st.log_metric(bb, "tokenizer", "rfid", floors[bb], extractor="smoke", n_samples=64)
                 if thr and bb in thr:
@@ -217,12 +219,18 @@ def test_starflow_at_equal_throughput_verdicts(tmp_path):
 
 
 def test_report_shows_claims_only_with_the_rows(tmp_path):
-    runs = {s: {"vavae_lightningdit": [100, 60, 40], "fae": [50 + 2 * s, 35, 30]} for s in range(2)}
+    runs = {s: {"vavae_lightningdit": [(100, 1), (60, 1), (40, 1)], "fae": [(50 + 2 * s, 1), (35, 1), (30, 1)]}
+            for s in range(2)}  # fmt: skip
     _write(tmp_path / "res", runs, suite="s")
     _write(tmp_path / "res", {0: {"tarflow": [300, 200, 100]}}, suite="pix")
     build_reports(tmp_path / "res", tmp_path / "rep", make_plots=False)
     md = (tmp_path / "rep" / "s" / "summary.md").read_text()
     assert "## Claims of the seed papers" in md and SUPPORTED in md and "log-FID" in md
+    board = md.split("## Leaderboard")[1].split("\n## ")[0]
+    assert (
+        "n_boot" not in board and "ci_level" not in board and "fid_boot_std" not in board
+    )  # interval settings
+    assert "40 [38, 42]" in md.split("## Final FID per seed")[1].split("\n## ")[0]  # each seed's own interval
     assert "Claims of the seed papers" in (tmp_path / "rep" / "s" / "summary.tex").read_text()
     assert "Claims of the seed papers" in (tmp_path / "rep" / "s" / "index.html").read_text()
     assert (

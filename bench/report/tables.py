@@ -243,7 +243,10 @@ def leaderboard(d: pd.DataFrame, thr: pd.DataFrame) -> Table:
             text, sort = interval([last(g)["value"] for _, g in f.groupby("k_run")] if not f.empty else [])
             b.put(col(q, ext, n), text, sort, q)
         for q, ext in other_eval:
-            if q.startswith(("fid_ci", "fid_boot")):  # the interval rows: shown with the FID they bound
+            if q.startswith(("fid_ci", "fid_boot")) or q in (
+                "n_boot",
+                "ci_level",
+            ):  # the FID interval and its settings
                 continue
             f = e[(e["quantity"] == q) & (e["k_ext"] == ext)]
             text, sort = interval([last(g)["value"] for _, g in f.groupby("k_run")] if not f.empty else [])
