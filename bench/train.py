@@ -130,6 +130,8 @@ class BackboneRun:
 
     def _resume_state(self, path):
         if not checkpoint_ok(path):
+            if path.exists():  # torn or tampered: never used (README's bad-input table)
+                log.info(f"[{self.name}] {path} fails its checksum; training from the start")
             return None
         return load_checkpoint(path, map_location="cpu")
 

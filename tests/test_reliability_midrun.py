@@ -136,6 +136,45 @@ def test_nonfinite_samples_of_one_family_exit_2_after_the_others(tmp_path, two, 
     assert not (run_dir / LOCK_NAME).exists()
 
 
+def test_corrupt_generator_checkpoint_is_never_used(tmp_path, monkeypatch):
+    from bench.runner import run_bench
+
+    one = dataclasses.replace(TWO, name="one", backbones=("tarflow",), eval_epochs=(1, 2),
+                              overrides={"tarflow": {**TWO.overrides["tarflow"], "epochs": 2}})  # fmt: skip
+    monkeypatch.setitem(suites.SUITES, "one", one)
+    assert run_bench("one", out=str(tmp_path / "a"), run_id="r") == 0
+    real = BackboneRun.evaluate
+
+    def dying(self, epoch, *a):  # killed during epoch 2's evaluation, after its checkpoint
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(self, epoch, *a)
+
+    monkeypatch.setattr(BackboneRun, "evaluate", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench("one", out=str(tmp_path / "b"), run_id="r")
+    monkeypatch.setattr(BackboneRun, "evaluate", real)
+    run_dir = tmp_path / "b" / "one" / "r"
+    ckpt = run_dir / "tarflow" / "stage2.pt"
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte on disk
+    ckpt.write_bytes(bytes(data))
+    before = _files(run_dir)
+    assert run_bench("one", out=str(tmp_path / "b"), run_id="r") == 0
+    assert (
+        f"[tarflow] {ckpt} fails its checksum; training from the start" in (run_dir / "log.txt").read_text()
+    )
+    _kept(run_dir, {p: b for p, b in before.items() if p != ckpt and not p.name.endswith(".sha256")})
+
+    def values(out):  # a repeated row (epoch 1's training, logged again) keeps the last
+        rows = read_metrics(out / "one" / "r" / "metrics.jsonl")
+        return {
+            (r["phase"], r["metric"], r["epoch"]): r["value"] for r in rows if r["phase"] in ("train", "eval")
+        }
+
+    assert values(tmp_path / "b") == values(tmp_path / "a")
+
+
 # ------------------------------------------------------------------------ checks before any training
 
 
