@@ -80,7 +80,8 @@ def check_scoring(suite, extractor, reference, *, strict_resolution: bool = True
         if key not in extractor.keys:
             raise OptionError(f"{where}: metric {m!r} needs {key!r} features, which extractor {extractor.name!r} does not give")  # fmt: skip
     size = suite.image_size
-    probe = extractor.features(np.zeros((2, size, size, 3), np.uint8))  # two blank images: the feature widths
+    # two blank images give the feature widths (no total: no progress line, not an extraction)
+    probe = extractor.features_iter([np.zeros((2, size, size, 3), np.uint8)])
     for key, stat in _STATS_OF.items():
         if key in probe and stat in reference.stats:
             want, got = probe[key].shape[1], reference.stats[stat].shape[0]
