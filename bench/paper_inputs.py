@@ -5,6 +5,7 @@
     GENBENCH_WEIGHTS  a folder with the DINOv2 encoders: dinov2-vit-b14 (REPA), dinov2-vit-l14 (VA-VAE's VF
                       loss), dinov2-vit-g14 (FAE), each <name>.safetensors (timm's state_dict) or a timm folder
                       <name>/ (config.json + model.safetensors: `huggingface-cli download timm/<arch>.lvd142m`)
+    GENBENCH_VGG16    torchvision's vgg16-397923af.pth (LPIPS of VA-VAE's and FAE's stage 1), else torch hub's cache
 
 API:
     paper_build_options(name, env=os.environ) -> dict   build_backbone keyword arguments of a paper preset
@@ -25,6 +26,8 @@ ENCODER = {"repa": "dinov2-vit-b14", "vavae_lightningdit": "dinov2-vit-l14", "fa
 TIMM_ARCH = {"dinov2-vit-b14": "vit_base_patch14_dinov2", "dinov2-vit-l14": "vit_large_patch14_dinov2",
              "dinov2-vit-g14": "vit_giant_patch14_dinov2"}  # fmt: skip
 SD_VAE_USERS = ("repa", "sit", "starflow")
+# stage 1 of VA-VAE and FAE trains with LPIPS (torchvision's VGG16 file; lpips' linear layers ship in its wheel)
+LPIPS_USERS, VGG_ENV, VGG16_FILE = ("vavae_lightningdit", "fae"), "GENBENCH_VGG16", "vgg16-397923af.pth"
 
 
 def _is_diffusers(p: Path) -> bool:
@@ -71,7 +74,19 @@ def paper_build_options(name: str, env=None) -> dict:
         p = _encoder_path(ENCODER[name], env)
         if p is not None:
             out["encoder_weights"] = str(p)
+    if name in LPIPS_USERS:  # the real LPIPS, never the stand-in "auto" would fall back to without the file
+        out["perceptual"] = "lpips-vgg"
+        if name == "vavae_lightningdit" and env.get(VGG_ENV):
+            out["vgg_path"] = env[VGG_ENV]
     return out
+
+
+def _vgg_found(env) -> bool:
+    if env.get(VGG_ENV):
+        return Path(env[VGG_ENV]).is_file()
+    import torch
+
+    return (Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE).is_file()
 
 
 def paper_input_problems(names, env=None) -> list[str]:
@@ -93,8 +108,15 @@ def paper_input_problems(names, env=None) -> list[str]:
         enc = ENCODER[n]
         if _encoder_path(enc, env) is None:
             where = (
-                f"{env[WEIGHTS_ENV]}/{enc}.safetensors" if env.get(WEIGHTS_ENV) else f"set {WEIGHTS_ENV}=PATH"
+                f"{env[WEIGHTS_ENV]}/{enc}.safetensors not found"
+                if env.get(WEIGHTS_ENV)
+                else f"set {WEIGHTS_ENV}=PATH (a folder holding {enc}.safetensors)"
             )
-            out.append(f"- DINOv2 {enc} ({n}): {where} not found (timm's {TIMM_ARCH[enc]}.lvd142m state_dict, or "
+            out.append(f"- DINOv2 {enc} ({n}): {where} (timm's {TIMM_ARCH[enc]}.lvd142m state_dict, or "
                        f"its timm folder {enc}/: huggingface.co/timm/{TIMM_ARCH[enc]}.lvd142m)")  # fmt: skip
+    lp = [n for n in names if n in LPIPS_USERS]
+    if lp and not _vgg_found(env):
+        where = f"{VGG_ENV}={env[VGG_ENV]} does not exist" if env.get(VGG_ENV) else f"set {VGG_ENV}=PATH"
+        out.append(f"- LPIPS VGG16 weights ({', '.join(lp)} stage 1): {where} ({VGG16_FILE}, "
+                   f"https://download.pytorch.org/models/{VGG16_FILE}; or torch hub's checkpoints cache)")  # fmt: skip
     return out

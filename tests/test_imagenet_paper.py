@@ -6,6 +6,7 @@ ViT with model_args, as timm's local-dir loader reads it); the paper-size genera
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -54,13 +55,27 @@ def test_build_options_point_each_family_at_its_files(inputs):
     assert paper_build_options("repa", env) == {"sd_vae": mse, "sd_vae_decoder": ema,
                                                 "encoder_weights": str(w / "dinov2-vit-b14")}  # fmt: skip
     assert paper_build_options("starflow", env) == {"vae_folder": ema}
-    assert paper_build_options("vavae_lightningdit", env) == {"encoder_weights": str(w / "dinov2-vit-l14")}
-    assert paper_build_options("fae", env) == {"encoder_weights": str(w / "dinov2-vit-g14")}
+    lpips = {"perceptual": "lpips-vgg"}  # stage 1's real LPIPS, never the stand-in
+    assert paper_build_options("vavae_lightningdit", env) == {
+        "encoder_weights": str(w / "dinov2-vit-l14"),
+        **lpips,
+    }
+    assert paper_build_options("fae", env) == {"encoder_weights": str(w / "dinov2-vit-g14"), **lpips}
     one = {**env, "GENBENCH_SD_VAE": ema}  # a single diffusers folder: used for encoding and decoding
     assert paper_build_options("repa", one)["sd_vae"] == ema and "sd_vae_decoder" not in paper_build_options(
         "repa", one
     )
-    assert paper_input_problems(["repa", "vavae_lightningdit", "fae", "starflow"], env) == []
+    vgg = tmp / "vgg16-397923af.pth"
+    vgg.write_bytes(b"")  # only its presence is checked here
+    assert (
+        paper_input_problems(
+            ["repa", "vavae_lightningdit", "fae", "starflow"], {**env, "GENBENCH_VGG16": str(vgg)}
+        )
+        == []
+    )
+    assert paper_build_options("vavae_lightningdit", {**env, "GENBENCH_VGG16": str(vgg)})["vgg_path"] == str(
+        vgg
+    )
 
 
 def test_timm_folder_loads_its_weights_into_the_encoder(inputs):
@@ -101,6 +116,7 @@ def test_missing_weights_are_listed_in_one_error_before_any_work(tmp_path, monke
             and f"huggingface.co/timm/{TIMM_ARCH[enc]}" in msg
         )
     assert "GENBENCH_SD_VAE=PATH" in msg and "GENBENCH_IMAGENET" in msg and "GENBENCH_ADM_REF" in msg
+    assert "LPIPS VGG16 weights (vavae_lightningdit, fae stage 1)" in msg
     assert msg.count("GENBENCH_SD_VAE") == 1  # one line per input, not the generic one too
 
 
@@ -113,10 +129,12 @@ def test_full_run_builds_paper_size_families_from_the_files(inputs, monkeypatch)
     env, tmp, _ = inputs
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    # the VGG16 file LPIPS needs is 528 MB: here the stand-in perceptual loss (suite options win over the files')
+    suite = dataclasses.replace(IMAGENET256, options={n: {"perceptual": "random-features"} for n in ("vavae_lightningdit", "fae")})  # fmt: skip
     params = {}
     with torch.device("meta"):  # shapes only; the tiny files' keys and shapes are still checked strictly
         for name in IMAGENET256.backbones:
-            bb = make_backbone(IMAGENET256, name, 0)
+            bb = make_backbone(suite, name, 0)
             params[name] = sum(p.numel() for p in bb.generator.parameters())
             if name == "repa":  # trains on ft-MSE latents, decodes its samples with ft-EMA (as released)
                 assert bb.tokenizer.decoder_folder == str(tmp / "sdvae" / "sd-vae-ft-ema")
