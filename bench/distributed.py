@@ -93,11 +93,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def torchrun_command(nproc: int, module_args: list[str]) -> list[str]:
     """The single-node torchrun command that re-runs `python -m bench.runner ARGS` in `nproc` processes.
-    Multi-node: run torchrun yourself on every node with --nnodes/--node-rank/--rdzv-endpoint (README)."""
+    Multi-node: run torchrun yourself on every node with --nnodes/--node-rank/--rdzv-endpoint (README).
+    bench.torchrun is torchrun passing on the failed rank's exit code (2: a bad input) without its own traceback."""
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "bench.torchrun",
         "--standalone",
         f"--nproc-per-node={nproc}",
         "-m",

@@ -390,6 +390,18 @@ def main(argv: list[str] | None = None) -> int:
         if D.is_main():
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if not D.is_main() and _peer_lost(e):  # another rank stopped first and said why (bench.torchrun)
+            return 1
+        raise
+
+
+def _peer_lost(e: Exception) -> bool:
+    """A collective that failed because another rank's process ended (its own message is the one that counts)."""
+    text = str(e)
+    return isinstance(e, getattr(torch.distributed, "DistNetworkError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer")
+    )
 
 
 def args_to_argv(a: BenchArgs) -> list[str]:

@@ -355,3 +355,22 @@ def test_sigkill_during_latent_extraction_then_resume_gives_the_same_metrics(tmp
 
     got, want = values(tmp_path / "killed"), values(tmp_path / "uninterrupted")
     assert ("eval", "fid", 1, "paper") in want and got == want
+
+
+def test_bad_input_found_under_torchrun_is_one_line_and_exit_2(tmp_path):
+    """`invoke bench --nproc 2`: the run directory of another configuration is found by rank 0 after the launch
+    (bench.torchrun): rank 0's line alone, exit 2, no launcher traceback and no echo from rank 1."""
+    import subprocess
+
+    run_dir = tmp_path / "smoke" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text('{"another": "configuration"}\n')
+    before = _files(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "invoke", "bench", "--nproc", "2", "--backbones", "tarflow", "--run-id", "r",
+                        "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 2, p.stderr[-3000:]
+    msg = f"error: {run_dir} holds a run with a different configuration; choose another --run-id or --out"
+    assert p.stderr.strip().splitlines()[-1] == msg and p.stderr.count("error: ") == 1, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr and "ChildFailedError" not in p.stderr, p.stderr[-3000:]
+    assert _files(tmp_path) == before
