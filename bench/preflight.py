@@ -1,7 +1,7 @@
-"""Checks of a suite run that need its built parts (the extractor and the reference set) and take seconds:
-bench.runner calls `check_scoring` once, before any family trains, so that a reference batch or a metric setting
-that cannot be scored fails now with one line (a UserError, exit 2) and not at the first evaluation, hours and
-checkpoints later. They are the checks `bench.metrics.evaluate` makes at scoring time, asked up front."""
+"""Checks of a suite run that need its built parts and take seconds, run by bench.runner before any family
+trains, so that a bad setting fails now with one line (a UserError, exit 2) and not hours and checkpoints later:
+`check_recipe` (each backbone's overridden recipe: what the trainer reads only at stage 2) and `check_scoring`
+(the extractor and the reference set: the checks `bench.metrics.evaluate` makes at the first evaluation)."""
 
 from __future__ import annotations
 
