@@ -18,6 +18,7 @@ import torch
 from tabulate import tabulate
 
 from bench import distributed as D
+from bench import jobs as jobs_mod
 from bench.errors import MissingInputError, OptionError, UserError, require_positive
 from bench.evaluate import sampler_protocols
 from bench.progress import log, setup_logging
@@ -49,6 +50,7 @@ class BenchArgs:
     from_release: bool = False
     # DataLoader workers per rank (imagenet suites); None: bench.step_loader's default
     workers: int | None = None
+    jobs: int = 0  # worker processes for the families on CPU (bench.jobs); 0 = auto
 
 
 def build_suite(a: BenchArgs):
@@ -288,7 +290,12 @@ def run(a: BenchArgs) -> int:
     for n, bb in bbs.items():  # what the trainer would refuse only at stage 2, refused now
         check_recipe(n, bb.recipe)
     run_id = a.run_id or f"seed{a.seed}-{config_hash(config)[:8]}"
-    if D.is_main():
+    worker = jobs_mod.is_worker()
+    if worker:  # the parent holds the lock and wrote config.json / args.json for the whole run
+        run_dir = root / suite.name / run_id
+        store = RunStore(root, suite.name, run_id, seed=a.seed, config=json.loads((run_dir / "config.json").read_text()),
+                         device=device, lock=False)  # fmt: skip
+    elif D.is_main():
         store = RunStore(root, suite.name, run_id, seed=a.seed, config=config, device=device)
         for n in names:
             store.backbone_dir(n)
@@ -297,9 +304,11 @@ def run(a: BenchArgs) -> int:
     if not D.is_main():
         store = _StoreView(root / suite.name / run_id)
     setup_logging(store.dir / "log.txt" if D.is_main() else None, enabled=D.is_main())
-    log.info(
-        f"genbench: suite {suite.name}, backbones {', '.join(names)}, run {store.dir}, {D.world()} process(es)"
-    )
+    pending = [n for n in names if not any(r["backbone"] == n and r["phase"] == "run" for r in store.metrics())]
+    n_jobs = 1 if worker else jobs_mod.resolve_jobs(a.jobs, device, D.world(), len(jobs_mod.groups(pending, bbs)), suite)
+    if not worker:
+        log.info(f"genbench: suite {suite.name}, backbones {', '.join(names)}, run {store.dir}, "
+                 + (f"{n_jobs} worker processes" if n_jobs > 1 else f"{D.world()} process(es)"))  # fmt: skip
     torch.manual_seed(a.seed)
     extractor = reference = None
     if D.is_main():
@@ -309,14 +318,16 @@ def run(a: BenchArgs) -> int:
 
             weights = os.environ.get("GENBENCH_INCEPTION")
     data = RunData(suite, a.seed, train=not a.from_release)
-    if D.is_main():
+    if D.is_main():  # the parent too: a smoke extractor trained here is cached for the workers
         extractor = get_extractor(suite.extractor, weights=weights, device=device)
         reference = suite_reference(suite, extractor, data.reference())
         # what the first evaluation would refuse (metric, feature width, resolution), refused before training
         check_scoring(suite, extractor, reference, strict_resolution=a.preset != "tiny")
+    if n_jobs > 1:
+        return _run_parallel(a, suite, names, pending, bbs, store, run_id, n_jobs, device)
     opts = RunOptions(device=device, micro_batch=a.micro_batch or suite.micro_batch, ckpt_every=a.ckpt_every,
                       precision=a.precision, compile=a.compile, fsdp=a.fsdp, labels=a.labels,
-                      workers=_workers(a, device))  # fmt: skip
+                      workers=_workers(a, device), throughput=not worker)  # fmt: skip
     failed, diverged = [], []
     t0 = time.perf_counter()
     for name in names:
@@ -341,15 +352,39 @@ def run(a: BenchArgs) -> int:
             log.info(f"[{name}] FAILED: {type(e).__name__}: {e}\n{traceback.format_exc()}")
             failed.append(name)
         bbs[name] = None  # free its memory before the next family
-    if D.is_main():
-        table = summary_rows(store.metrics(), names)
-        log.info("\n" + tabulate(table, headers=SUMMARY_HEADERS, floatfmt=".3g", missingval="-"))
-        log.info(f"run {store.dir} finished in {time.perf_counter() - t0:.0f}s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))  # fmt: skip
-        store.close()  # release the run's lock (an exception releases it at process exit)
+    if D.is_main() and not worker:
+        _close(store, names, t0, failed)
     D.shutdown()
     if diverged and not failed:  # an internal bug (exit 1, tracebacks in the log) outranks them
         raise NonFiniteSamplesError("; ".join(diverged))
     return 1 if failed else 0
+
+
+def _close(store, names, t0: float, failed) -> None:
+    table = summary_rows(store.metrics(), names)
+    log.info("\n" + tabulate(table, headers=SUMMARY_HEADERS, floatfmt=".3g", missingval="-"))
+    log.info(f"run {store.dir} finished in {time.perf_counter() - t0:.0f}s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))  # fmt: skip
+    store.close()  # release the run's lock (an exception releases it at process exit)
+
+
+def _run_parallel(a: BenchArgs, suite, names, pending, bbs, store, run_id: str, n_jobs: int, device: str) -> int:
+    """The families in `n_jobs` worker processes (bench.jobs), then each one's throughput here, uncontended."""
+    t0 = time.perf_counter()
+    assignment = jobs_mod.assign(pending, bbs, n_jobs)
+    argv = args_to_argv(replace(a, run_id=run_id, backbones=None, jobs=0))
+    # a worker that meets a bad input (or non-finite samples) prints its one line and exits 2; the others finish
+    code = jobs_mod.run_workers(assignment, argv, store.dir, log)
+    rows = store.metrics()
+    done = {r["backbone"] for r in rows if r["phase"] == "run"}
+    failed = [n for n in pending if n not in done]
+    if suite.throughput_batch_sizes:
+        from bench.throughput import measure_backbone
+
+        for n in names:
+            if n in done and not any(r["backbone"] == n and r["phase"] == "throughput" for r in rows):
+                measure_backbone(bbs[n], store, n, suite, device, seed=a.seed)
+    _close(store, names, t0, [n for n in failed if code != 2])
+    return code or (1 if failed else 0)
 
 
 def resume_args(run_dir: str | Path, **overrides) -> BenchArgs:
@@ -375,7 +410,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument(flag, action="store_true")
         else:
             p.add_argument(flag, type=int if f in ("seed", "epochs", "num_samples", "image_size", "sample_steps", "micro_batch",
-                                                   "ckpt_every", "workers") else str, default=d.default)  # fmt: skip
+                                                   "ckpt_every", "workers", "jobs") else str, default=d.default)  # fmt: skip
     p.add_argument("--resume", default=None, help="continue the run in this directory")
     return p
 

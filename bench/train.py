@@ -40,6 +40,7 @@ class RunOptions:
     fsdp: bool = False
     labels: str = "equal"  # equal | random
     workers: int = 0  # DataLoader worker processes per rank (ImageNet stage 1 images, stage 2 cache)
+    throughput: bool = True  # False in a bench.jobs worker: the parent measures speed after all workers
 
 
 def make_backbone(suite, name: str, seed: int) -> Backbone:
@@ -551,7 +552,7 @@ class BackboneRun:
                 and ("eval", "linear_probe_acc", self.bb.recipe.epochs, None) not in self.done_rows
             ):
                 self.linear_probes()
-            if self.suite.throughput_batch_sizes and not any(
+            if self.opts.throughput and self.suite.throughput_batch_sizes and not any(
                 p == "throughput" for p, _, _, _ in self.done_rows
             ):
                 from bench.throughput import measure_backbone

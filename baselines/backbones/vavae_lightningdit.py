@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from baselines.api import Backbone, FlowMatchingSampler, Recipe
+from baselines.autoencoder import small_posterior_init
 from baselines.vavae import LONG_PHASES, VAVAE_CONFIGS, VAVAETokenizer
 from bench.errors import OptionError
 
@@ -21,7 +22,7 @@ RELEASES = {"64ep": dict(epochs=64, guidance=10.0, cfg_interval_start=0.10),
 PRESETS = {
     # preset: LightningDiT model, VA-VAE config, image size, classes, foundation encoder
     "XL/1": dict(dit="XL/1", vavae="f16d32", image_size=256, num_classes=1000, encoder="dinov2-vit-l14"),
-    "tiny": dict(dit="tiny", vavae="tiny", image_size=32, num_classes=8, encoder="standin"),
+    "tiny": dict(dit="tiny/2", vavae="tiny", image_size=32, num_classes=8, encoder="standin"),
 }
 
 
@@ -95,7 +96,7 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
                    latent_stats: str | None = None, encoder_weights: str | None = None,
                    perceptual: str = "auto", vgg_path: str | None = None) -> Backbone:  # fmt: skip
     """`vavae_lightningdit`. tiny: VA-VAE tiny (32 px -> 8x8x8) aligned to the stand-in encoder + LightningDiT
-    tiny. XL/1: VA-VAE f16d32 (`vavae_ckpt`/`latent_stats` load the release; DINOv2 ViT-L/14 is built only when
+    tiny/2. XL/1: VA-VAE f16d32 (`vavae_ckpt`/`latent_stats` load the release; DINOv2 ViT-L/14 is built only when
     `encoder_weights` or $GENBENCH_WEIGHTS is given) + LightningDiT-XL/1."""
     from baselines.encoders import build_encoder
     from baselines.lightningdit import LightningDiT_models
@@ -126,7 +127,10 @@ def build_backbone(preset: str = "tiny", *, num_classes: int | None = None, imag
             encoder = build_encoder(p["encoder"], weights=encoder_weights, preprocess="vavae")
             vf_dim = encoder.dim
     tokenizer = VAVAETokenizer(p["vavae"], vf_dim, perceptual=perceptual, vgg_path=vgg_path,
-                               **({"disc_start": 48} if preset == "tiny" else {"phases": LONG_PHASES}))  # fmt: skip
+                               # tiny: the GAN from half of the smoke suite's 384 stage-1 steps (from step 48 it cost PSNR early)
+                               **({"disc_start": 192} if preset == "tiny" else {"phases": LONG_PHASES}))  # fmt: skip
+    if preset == "tiny":
+        small_posterior_init(tokenizer.ae)  # as the SD-VAE stand-in (baselines/autoencoder.py)
     if vavae_ckpt is not None:
         tokenizer.load_official(vavae_ckpt, latent_stats)
         tokenizer.trainable = False  # the released tokenizer is used as is
