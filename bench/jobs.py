@@ -2,7 +2,7 @@
 
 Small models keep two cores only part busy from one process (one family's ops are too small for the intra-op
 pool: a smoke run used 0.83 of 2 cores), so on CPU the run's families are split into N worker processes, each
-with cores / N threads. Workers are `python -m bench.runner` on a subset of the backbones, writing into the
+with cores / N threads ($GENBENCH_WORKER_THREADS overrides). Workers are `python -m bench.runner` on a subset of the backbones, writing into the
 parent's run directory under the parent's lock (GENBENCH_WORKER_OF names it); each family is computed by one
 process exactly as in a serial run, so its metrics depend only on (seed, family, thread count). Families that
 share a frozen tokenizer (`Tokenizer.shared_key`: REPA, SiT and STARFlow's SD-VAE stand-in) go to the same
@@ -93,14 +93,16 @@ def _die_with_parent() -> None:  # a SIGKILLed parent must not leave workers wri
 
 def run_workers(assignment: list[list[str]], argv: list[str], run_dir: Path, log) -> int:
     """Start one `python -m bench.runner` per worker and wait; returns the worst exit code (2 > 1 > 0)."""
-    threads = max(1, cpu_count() // len(assignment))
+    threads = int(os.environ.get("GENBENCH_WORKER_THREADS") or max(1, cpu_count() // len(assignment)))
     procs = []
     for names in assignment:
         env = {**os.environ, WORKER_ENV: str(run_dir), "OMP_NUM_THREADS": str(threads),
                "MKL_NUM_THREADS": str(threads)}  # fmt: skip
         cmd = [sys.executable, "-m", "bench.runner", *argv, "--backbones", ",".join(names), "--jobs", "1"]
         log.info(f"worker {len(procs)}: {', '.join(names)} ({threads} thread{'s' * (threads > 1)})")
-        procs.append(subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None))
+        procs.append(
+            subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        )
     try:
         codes = [p.wait() for p in procs]
     except BaseException:  # Ctrl-C / SIGTERM: stop the workers too (their checkpoints let --resume continue)
