@@ -99,7 +99,7 @@ def run_workers(assignment: list[list[str]], argv: list[str], run_dir: Path, log
         env = {**os.environ, WORKER_ENV: str(run_dir), "OMP_NUM_THREADS": str(threads),
                "MKL_NUM_THREADS": str(threads)}  # fmt: skip
         cmd = [sys.executable, "-m", "bench.runner", *argv, "--backbones", ",".join(names), "--jobs", "1"]
-        log.info(f"worker {len(procs)}: {', '.join(names)} ({threads} thread{'s' * (threads > 1)})")
+        log.info(f"job {len(procs)}: {', '.join(names)} ({threads} thread{'s' * (threads > 1)})")
         procs.append(
             subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         )

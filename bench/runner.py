@@ -308,7 +308,7 @@ def run(a: BenchArgs) -> int:
     n_jobs = 1 if worker else jobs_mod.resolve_jobs(a.jobs, device, D.world(), len(jobs_mod.groups(pending, bbs)), suite)
     if not worker:
         log.info(f"genbench: suite {suite.name}, backbones {', '.join(names)}, run {store.dir}, "
-                 + (f"{n_jobs} worker processes" if n_jobs > 1 else f"{D.world()} process(es)"))  # fmt: skip
+                 + (f"{n_jobs} jobs (worker processes, bench.jobs)" if n_jobs > 1 else f"{D.world()} process(es)"))  # fmt: skip
     torch.manual_seed(a.seed)
     extractor = reference = None
     if D.is_main():

@@ -100,7 +100,7 @@ def test_two_workers_write_what_the_serial_run_writes(tmp_path):
         p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-4000:]
     log = (next((out[2] / "imagenet256").iterdir()) / "log.txt").read_text()
-    assert "2 worker processes" in log and "worker 0: repa" in log and "worker 1: vavae_lightningdit" in log
+    assert "2 jobs (worker processes" in log and "job 0: repa" in log and "job 1: vavae_lightningdit" in log
     assert not (next((out[2] / "imagenet256").iterdir()) / "run.lock").exists()  # released by the parent
     a, b = _scores(out[1]), _scores(out[2])
     assert {k[0] for k in a if k[2] == "fid"} == {"repa", "vavae_lightningdit"}
