@@ -59,6 +59,20 @@ def reference_images(run) -> np.ndarray:
     return np.asarray(ref)
 
 
+def at_run_size(images: np.ndarray, size: int) -> np.ndarray:
+    """Reference images at the run's resolution (ADM's center crop: BOX halving, BICUBIC), so the floor measures
+    the tokenizer at the size it trains at: a dry run at --image-size 32 against the 256 px ADM reference batch
+    (FAE's tokenizer decodes to its own fixed size). Unchanged when the sizes already agree (paper runs, the
+    embedded suites)."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    from PIL import Image
+
+    from bench.data import center_crop_arr
+
+    return np.stack([center_crop_arr(Image.fromarray(im), size) for im in images])
+
+
 @torch.no_grad()
 def reconstruct(bb, images_u8: np.ndarray, device: str = "cpu", batch: int = BATCH):
     """decode(encode(x)) of uint8 NHWC images -> (uint8 NHWC, per-image PSNR [N], per-image LPIPS [N] or None)."""
@@ -124,7 +138,7 @@ def tokenizer_floor(run) -> dict[str, float] | None:
             if saved.get("extractor") == run.extractor.name:
                 values = saved["values"]
                 log.info(f"[{run.name}] tokenizer floor: shared {key}, measured by {saved['measured_by']}")
-        images = reference_images(run)
+        images = at_run_size(reference_images(run), run.suite.image_size)
         if values is None:
             values = measure(run.bb, run.reference, run.extractor, images, run.device)
             if cache is not None:
@@ -142,4 +156,4 @@ def tokenizer_floor(run) -> dict[str, float] | None:
     return values
 
 
-__all__ = ["tokenizer_floor", "measure", "reconstruct", "reference_images", "PSNR_CAP"]
+__all__ = ["tokenizer_floor", "measure", "reconstruct", "reference_images", "at_run_size", "PSNR_CAP"]

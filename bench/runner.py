@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -53,6 +54,14 @@ class BenchArgs:
     jobs: int = 0  # worker processes for the families on CPU (bench.jobs); 0 = auto
 
 
+def _folder_classes(folder: str | None) -> int | None:
+    """The number of class folders of an ImageNet-layout folder (None when it is not one: checked later)."""
+    if not folder or not Path(folder).is_dir():
+        return None
+    n = sum(1 for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
+    return n or None
+
+
 def build_suite(a: BenchArgs):
     # the command line's sizes (None or 0: the suite's own), named as the user typed them
     require_positive(**{"--epochs": a.epochs, "--num-samples": a.num_samples, "--image-size": a.image_size,
@@ -67,7 +76,10 @@ def build_suite(a: BenchArgs):
             raise OptionError(
                 "--preset tiny is the imagenet256 dry run; the embedded suites are tiny already"
             )
-        suite = dry_run_suite(a.epochs or 2, a.num_samples or 64, a.image_size or 256, a.sample_steps)
+        classes = None if a.from_release else _folder_classes(os.environ.get("GENBENCH_IMAGENET"))
+        suite = dry_run_suite(
+            a.epochs or 2, a.num_samples or 64, a.image_size or 256, a.sample_steps, classes
+        )
     else:
         if a.epochs:
             suite = replace(suite, eval_epochs=tuple(e for e in suite.eval_epochs if e < a.epochs) + (a.epochs,),

@@ -181,9 +181,12 @@ HOW_TO_GET = {
 DRY_RUN_REQUIRES = {k: v for k, v in IMAGENET256.requires.items() if v in ("GENBENCH_IMAGENET", "GENBENCH_ADM_REF", "GENBENCH_INCEPTION")}  # fmt: skip
 
 
-def dry_run_suite(epochs: int = 2, num_samples: int = 64, image_size: int = 256, sample_steps=None) -> Suite:
+def dry_run_suite(epochs: int = 2, num_samples: int = 64, image_size: int = 256, sample_steps=None,
+                  num_classes: int | None = None) -> Suite:  # fmt: skip
     """The imagenet256 protocol at toy scale: tiny presets with the stand-in encoders on any ImageNet-layout
-    folder, FID against the ADM reference batch with Inception; only the three data/weights inputs needed."""
+    folder, FID against the ADM reference batch with Inception; only the three data/weights inputs needed.
+    `num_classes`: the folder's class count (as ImageNet's 1000 at paper scale), so equal-label sampling draws
+    only classes the models trained on; default 1000."""
     tiny = {"stage1_epochs": 1, "stage1_lr": 2e-3, "stage1_batch_size": 16, **_TINY_FM, "batch_size": 16,
             "epochs": epochs}  # fmt: skip
     flows = {k: v for k, v in tiny.items() if not k.startswith("ema")}
@@ -192,6 +195,7 @@ def dry_run_suite(epochs: int = 2, num_samples: int = 64, image_size: int = 256,
         name="imagenet256",
         description=f"imagenet256 dry run: tiny presets, {epochs} epochs, {num_samples} samples at {image_size} px",
         image_size=image_size,
+        num_classes=num_classes or IMAGENET256.num_classes,
         presets={},
         eval_epochs=(epochs,),
         n_eval_samples=num_samples,
