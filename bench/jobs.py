@@ -55,12 +55,13 @@ def _cost(group, bbs) -> float:
 
 
 def assign(names, bbs, jobs: int) -> list[list[str]]:
-    """Groups -> at most `jobs` workers, largest first onto the least loaded (greedy); suite order kept inside."""
+    """Groups -> at most `jobs` workers, largest first onto the least loaded, ties to the one with fewer families
+    (greedy); suite order kept inside."""
     order = {n: i for i, n in enumerate(names)}
     gs = sorted(groups(names, bbs), key=lambda g: (-_cost(g, bbs), order[g[0]]))
     load, out = [0.0] * jobs, [[] for _ in range(jobs)]
     for g in gs:
-        j = min(range(jobs), key=lambda k: (load[k], k))
+        j = min(range(jobs), key=lambda k: (load[k], len(out[k]), k))
         out[j] += g
         load[j] += _cost(g, bbs)
     return [sorted(w, key=order.get) for w in out if w]
