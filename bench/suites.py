@@ -116,13 +116,10 @@ SMOKE = Suite(
 PATCHES64 = dataclasses.replace(
     SMOKE,
     name="patches64",
-    description="Embedded photo crops at 64 px: convergence curves of all four families on CPU within about an hour",
+    description="Embedded photo crops at 64 px: the smoke protocol at 4x the pixels with four evaluations, "
+    "convergence curves of all families over seeds (`invoke study --suite patches64 --seeds 0,1,2`)",
     image_size=64,
-    n_train_per_class=256,
-    n_ref_per_class=128,
-    eval_epochs=(5, 10, 20, 40),
-    n_eval_samples=512,
-    overrides={k: {**v, "epochs": 40} for k, v in SMOKE.overrides.items()},
+    eval_epochs=(4, 8, 16, SMOKE_EPOCHS),
 )
 
 PAPER_PRESETS = {"repa": "XL/2", "vavae_lightningdit": "XL/1", "fae": "paper", "starflow": "1.4B"}

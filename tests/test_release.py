@@ -120,7 +120,9 @@ def test_lightningdit_and_vavae_release_files(weights, ep):
     torch.save(lightning, weights / "vavae" / "vavae-imagenet256-f16d32-dinov2.pt")
     stats = {"mean": torch.randn(1, 8, 1, 1), "std": torch.rand(1, 8, 1, 1) + 0.5}
     torch.save(stats, weights / "vavae" / "latents_stats.pt")
-    net = LightningDiT_models["tiny"](input_size=8, in_channels=8, num_classes=4)
+    from baselines.backbones.vavae_lightningdit import PRESETS
+
+    net = LightningDiT_models[PRESETS["tiny"]["dit"]](input_size=8, in_channels=8, num_classes=4)  # the tiny preset's
     ema = _rand_state(net, 4)
     # LightningDiT train.py:242: model, ema, opt, config
     torch.save({"model": _rand_state(net, 5), "ema": ema, "opt": {"state": {}, "param_groups": []},
