@@ -315,17 +315,7 @@ class BackboneRun:
             if self.mean_f is not None:
                 self.mean_f = self._sample(self.mean_f, self.std_f, idx, 0, stream=7)
             self.std = self.std_f = None
-        if r.latent_norm == "per_channel":
-            tok.set_latent_stats(self.mean)
-        elif r.latent_norm == "scale":
-            tok.latent_mean, tok.latent_std = torch.zeros(0), torch.zeros(0)
-        elif r.latent_norm == "released":
-            if tok.latent_mean.numel() == 0 and tok.latent_scale == 1.0:
-                raise OptionError(
-                    f"[{self.name}] latent_norm='released' but the tokenizer has no released statistics"
-                )
-        else:
-            raise OptionError(f"unknown latent_norm {r.latent_norm!r}; known: per_channel, scale, released")
+        self._normalise_latents(lambda: tok.set_latent_stats(self.mean))
 
     def _prepare_cache(self) -> None:
         """ImageNet: the shared latent cache (bench.latent_cache: posterior mean + std of every image and its
@@ -345,9 +335,17 @@ class BackboneRun:
                                    with_images=with_images, device=self.device)  # fmt: skip
         self.cache_ds = LatentDataset(cache, posterior=r.posterior, hflip=r.hflip, seed=self.seed, with_images=with_images)  # fmt: skip
         self.n_train = cache.n
-        if r.latent_norm == "per_channel":
+        def per_channel():
             mean, std = cache.stats("mean" if r.posterior == "mean" else "sample")
             tok.latent_mean, tok.latent_std = mean.to(self.device), std.clamp_min(1e-6).to(self.device)
+
+        self._normalise_latents(per_channel)
+
+    def _normalise_latents(self, per_channel) -> None:
+        """The recipe's latent normalisation; `per_channel()` sets the statistics (in-memory or the cache's)."""
+        r, tok = self.bb.recipe, self.bb.tokenizer
+        if r.latent_norm == "per_channel":
+            per_channel()
         elif r.latent_norm == "scale":
             tok.latent_mean, tok.latent_std = torch.zeros(0), torch.zeros(0)
         elif r.latent_norm == "released":
