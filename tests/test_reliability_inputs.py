@@ -362,3 +362,36 @@ def test_full_disk_when_a_shard_is_flushed(world, monkeypatch):
     assert sorted(p.name for p in shards.iterdir()) == ["samples_00000.npz"]
     assert (shards / "samples_00000.npz").read_bytes() == first
     world.same(shards / "samples_00000.npz")
+
+
+# ------------------------------------------------------------------------------------ released checkpoints
+
+
+def test_released_checkpoint_of_the_wrong_architecture(world, monkeypatch):
+    """`invoke bench --from-release` on a REPA last.pt of another depth: one line naming the file and the first
+    unexpected keys, exit 2, before the run directory exists; the results already written are untouched."""
+    import tasks
+    from test_release import _rand_state, _sd_vae_folder
+
+    from baselines.sit import SiT, SiT_configs
+
+    weights = world.root / "weights"
+    _sd_vae_folder(weights / "sd-vae-ft-ema")
+    (weights / "repa").mkdir()
+    bad = weights / "repa" / "last.pt"
+    net = SiT(input_size=8, in_channels=4, num_classes=1000, z_dims=(64,), **{**SiT_configs["tiny"], "projector_dim": 256, "depth": 5})  # fmt: skip
+    torch.save(_rand_state(net, 0), bad)  # the flat EMA layout (last.pt), one block too many
+    inception = world.root / "inception.pth"
+    inception.write_bytes(b"only its existence is checked before the checkpoint")
+    monkeypatch.setenv("GENBENCH_WEIGHTS", str(weights))
+    monkeypatch.setenv("GENBENCH_ADM_REF", str(world.ref))
+    monkeypatch.setenv("GENBENCH_INCEPTION", str(inception))
+    with pytest.raises(Exit) as e:
+        tasks.bench(Context(), suite="imagenet256", backbones="repa", out=str(world.root / "results"),
+                    preset="tiny", from_release=True, image_size=32, num_samples=8)  # fmt: skip
+    assert e.value.code == 2
+    msg = e.value.message
+    assert msg.startswith("error: ") and len(msg.splitlines()) == 1, msg
+    assert f"{bad}: does not fit SiT-tiny (REPA) (strict load)" in msg and "unexpected keys (blocks.4." in msg
+    world.same(*[p for p in weights.rglob("*") if p.is_file()], inception)
+    assert not (world.root / "results" / "imagenet256").exists()
