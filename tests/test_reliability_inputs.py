@@ -370,9 +370,9 @@ def test_full_disk_when_a_shard_is_flushed(world, monkeypatch):
 def test_released_checkpoint_of_the_wrong_architecture(world, monkeypatch):
     """`invoke bench --from-release` on a REPA last.pt of another depth: one line naming the file and the first
     unexpected keys, exit 2, before the run directory exists; the results already written are untouched."""
-    import tasks
     from test_release import _rand_state, _sd_vae_folder
 
+    import tasks
     from baselines.sit import SiT, SiT_configs
 
     weights = world.root / "weights"
