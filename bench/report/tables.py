@@ -444,6 +444,7 @@ def per_seed_table(d: pd.DataFrame) -> Table:
     (fid_ci_low / fid_ci_high rows), for each extractor and sample count."""
     ev = d[d["phase"] == "eval"]
     fid = ev[(ev["quantity"] == "fid") & ev["value"].notna()]
+    tok = d[(d["phase"] == "tokenizer") & (d["quantity"] == "rfid") & d["value"].notna()]
     b = _Builder()
     for (bb, run), g in fid.groupby(["k_bb", "k_run"]):
         for (ext, n), h in g.groupby(["k_ext", "k_n"]):
@@ -462,4 +463,11 @@ def per_seed_table(d: pd.DataFrame) -> Table:
             b.put("seed", key(r["seed"]), r["seed"])
             b.put("epoch", key(r["epoch"]), r["epoch"], "epoch")
             b.put(col("fid", ext, n, "last "), text, sort, "fid")
+            # each seed trains its own tokenizer: its floor beside its FID (the claims' per-run floor check)
+            fl = tok[(tok["k_bb"] == bb) & (tok["k_run"] == run) & (tok["k_ext"] == ext)]
+            if not fl.empty:
+                rfid = last(fl)["value"]
+                b.put(col("rfid", ext, "", "tokenizer floor "), num(rfid), rfid, "rfid")
+                ratio = r["value"] / rfid if rfid > 0 else np.nan
+                b.put(f"FID ÷ floor ({ext})", num(ratio), ratio, "fid_over_rfid")
     return b.table()
