@@ -229,7 +229,7 @@ def _floor_bound(bb: str, final: dict, floor: dict) -> list[tuple[str, float, fl
 def _floor_caveat(bb: str, bound: list[tuple[str, float, float]], n_runs: int) -> str:
     why = "its tokenizer, not its generator, limits it"
     if n_runs == 1:
-        (_, fid, rfid), = bound
+        ((_, fid, rfid),) = bound
         return f"{bb}'s final FID {num(fid)} is under {num(FLOOR_FACTOR)}x its tokenizer's rFID {num(rfid)}: {why}"
     runs = ", ".join(f"{run}: FID {num(fid)} vs rFID {num(rfid)}" for run, fid, rfid in bound)
     return (f"{bb}'s final FID is under {num(FLOOR_FACTOR)}x its own tokenizer's rFID in {len(bound)} of {n_runs} "
