@@ -58,11 +58,13 @@ def _user_errors(fn):
     "from_release": "sample and score the released checkpoints (bench.release) instead of training",
     "workers": "DataLoader worker processes per rank for ImageNet images / cached latents (default: 0 on CPU, up to 8 per GPU)",
     "jobs": "CPU: run the families in this many worker processes (default 0 = one per core; 1 = serial)",
+    "recipe": "recipe overrides, comma list of BACKBONE.FIELD=VALUE (BACKBONE 'all': every one), e.g. repa.stage1_lr=1e-3",
+    "stop_after": "tokenizer: stop each family after stage 1 and its floor rows (a later run without it continues)",
 })  # fmt: skip
 @_user_errors
 def bench(c, suite="smoke", backbones="", out="results", seed=0, device="cpu", run_id="", resume="", nproc=1,
           micro_batch=0, ckpt_every=0, preset="", epochs=0, num_samples=0, image_size=0, sample_steps=0, labels="equal",
-          precision="recipe", compile=False, fsdp=False, from_release=False, workers=-1, jobs=0):  # fmt: skip
+          precision="recipe", compile=False, fsdp=False, from_release=False, workers=-1, jobs=0, recipe="", stop_after=""):  # fmt: skip
     """Train, sample, evaluate and measure a suite's backbones into results/<suite>/<run_id>/."""
     from bench import distributed
     from bench.errors import require_positive
@@ -74,7 +76,8 @@ def bench(c, suite="smoke", backbones="", out="results", seed=0, device="cpu", r
                   num_samples=int(num_samples) or None, image_size=int(image_size) or None,
                   sample_steps=int(sample_steps) or None, micro_batch=int(micro_batch) or None,
                   ckpt_every=int(ckpt_every), precision=precision, compile=bool(compile), fsdp=bool(fsdp),
-                  labels=labels, from_release=bool(from_release), workers=None if int(workers) < 0 else int(workers), jobs=int(jobs))  # fmt: skip
+                  labels=labels, from_release=bool(from_release), workers=None if int(workers) < 0 else int(workers), jobs=int(jobs),
+                  recipe=recipe or None, stop_after=stop_after or None)  # fmt: skip
     if resume:
         a = resume_args(
             resume,

@@ -7,6 +7,7 @@ it under torchrun (bench.distributed), every process executes `run_bench`, rank 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -52,6 +53,9 @@ class BenchArgs:
     # DataLoader workers per rank (imagenet suites); None: bench.step_loader's default
     workers: int | None = None
     jobs: int = 0  # worker processes for the families on CPU (bench.jobs); 0 = auto
+    recipe: str | None = None  # "repa.stage1_lr=1e-3,all.epochs=8": recipe overrides (they enter config.json)
+    # "tokenizer": stage 1 and the floor rows only (not in config: the same run without it continues)
+    stop_after: str | None = None
 
 
 def _folder_classes(folder: str | None) -> int | None:
@@ -60,6 +64,26 @@ def _folder_classes(folder: str | None) -> int | None:
         return None
     n = sum(1 for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
     return n or None
+
+
+def recipe_overrides(suite, text: str) -> dict:
+    """--recipe 'repa.stage1_lr=1e-3,all.epochs=8' -> the suite's overrides with these merged in. Values are Python
+    literals (numbers, strings, tuples, None); an unknown field is refused by bench.preflight like a suite's own."""
+    out = {b: dict(v) for b, v in suite.overrides.items()}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        target, eq, raw = item.partition("=")
+        bb, dot, field = target.strip().partition(".")
+        if not (eq and dot and bb and field):
+            raise OptionError(f"--recipe {item!r}: expected BACKBONE.FIELD=VALUE, e.g. repa.stage1_lr=1e-3")
+        if bb != "all" and bb not in suite.backbones:
+            raise OptionError(f"--recipe {item!r}: unknown backbone {bb!r} in suite {suite.name}; known: all, {', '.join(suite.backbones)}")  # fmt: skip
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()  # a bare word: a string option (lr_schedule=cosine)
+        for b in suite.backbones if bb == "all" else (bb,):
+            out.setdefault(b, {})[field.strip()] = value
+    return out
 
 
 def build_suite(a: BenchArgs):
@@ -90,6 +114,10 @@ def build_suite(a: BenchArgs):
             suite = replace(suite, image_size=a.image_size)
         if a.sample_steps:
             suite = replace(suite, sample_steps=a.sample_steps)
+    if a.recipe:
+        suite = replace(suite, overrides=recipe_overrides(suite, a.recipe))
+    if a.stop_after not in (None, "", "tokenizer"):
+        raise OptionError(f"unknown --stop-after {a.stop_after!r}; known: tokenizer")
     if a.labels not in ("equal", "random"):
         raise OptionError(f"unknown --labels {a.labels!r}; known: equal, random")
     if a.precision not in ("recipe", "no", "bf16", "fp16"):
@@ -316,7 +344,8 @@ def run(a: BenchArgs) -> int:
     if not D.is_main():
         store = _StoreView(root / suite.name / run_id)
     setup_logging(store.dir / "log.txt" if D.is_main() else None, enabled=D.is_main())
-    pending = [n for n in names if not any(r["backbone"] == n and r["phase"] == "run" for r in store.metrics())]
+    done = {r["backbone"] for r in store.metrics() if r["phase"] == _done_phase(a)}
+    pending = [n for n in names if n not in done]
     n_jobs = 1 if worker else jobs_mod.resolve_jobs(a.jobs, device, D.world(), len(jobs_mod.groups(pending, bbs)), suite)
     if not worker:
         log.info(f"genbench: suite {suite.name}, backbones {', '.join(names)}, run {store.dir}, "
@@ -339,11 +368,11 @@ def run(a: BenchArgs) -> int:
         return _run_parallel(a, suite, names, pending, bbs, store, run_id, n_jobs, device)
     opts = RunOptions(device=device, micro_batch=a.micro_batch or suite.micro_batch, ckpt_every=a.ckpt_every,
                       precision=a.precision, compile=a.compile, fsdp=a.fsdp, labels=a.labels,
-                      workers=_workers(a, device), throughput=not worker)  # fmt: skip
+                      workers=_workers(a, device), throughput=not worker, stop_after=a.stop_after)  # fmt: skip
     failed, diverged = [], []
     t0 = time.perf_counter()
     for name in names:
-        if any(r["backbone"] == name and r["phase"] == "run" for r in store.metrics()):
+        if any(r["backbone"] == name and r["phase"] == _done_phase(a) for r in store.metrics()):
             log.info(f"[{name}] already complete in {store.dir}; skipping")
             continue
         try:
@@ -372,6 +401,11 @@ def run(a: BenchArgs) -> int:
     return 1 if failed else 0
 
 
+def _done_phase(a: BenchArgs) -> str:
+    """The row phase that marks a family finished: its 'run' row, or with --stop-after tokenizer its floor rows."""
+    return "tokenizer" if a.stop_after == "tokenizer" else "run"
+
+
 def _close(store, names, t0: float, failed) -> None:
     table = summary_rows(store.metrics(), names)
     log.info("\n" + tabulate(table, headers=SUMMARY_HEADERS, floatfmt=".3g", missingval="-"))
@@ -387,9 +421,9 @@ def _run_parallel(a: BenchArgs, suite, names, pending, bbs, store, run_id: str, 
     # a worker that meets a bad input (or non-finite samples) prints its one line and exits 2; the others finish
     code = jobs_mod.run_workers(assignment, argv, store.dir, log)
     rows = store.metrics()
-    done = {r["backbone"] for r in rows if r["phase"] == "run"}
+    done = {r["backbone"] for r in rows if r["phase"] == _done_phase(a)}
     failed = [n for n in pending if n not in done]
-    if suite.throughput_batch_sizes:
+    if suite.throughput_batch_sizes and not a.stop_after:
         from bench.throughput import measure_backbone
 
         for n in names:

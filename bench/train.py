@@ -41,6 +41,7 @@ class RunOptions:
     labels: str = "equal"  # equal | random
     workers: int = 0  # DataLoader worker processes per rank (ImageNet stage 1 images, stage 2 cache)
     throughput: bool = True  # False in a bench.jobs worker: the parent measures speed after all workers
+    stop_after: str | None = None  # "tokenizer": stage 1 and the floor rows, no generator (tokenizer studies)
 
 
 def make_backbone(suite, name: str, seed: int) -> Backbone:
@@ -543,6 +544,8 @@ class BackboneRun:
         t0 = time.perf_counter()
         self.train_tokenizer()
         tokenizer_floor(self)  # rFID/PSNR floor rows (bench/floors.py)
+        if self.opts.stop_after == "tokenizer":  # no 'run' row: the run without the option continues from here
+            return
         self.train_generator()
         if D.is_main():
             if (

@@ -274,6 +274,21 @@ def test_zero_or_negative_command_line_sizes(world, monkeypatch, option, value, 
     assert match in _bench(monkeypatch, world, options={option: value})
 
 
+@pytest.mark.parametrize("recipe, match", [
+    ("repa.stage1_lr", "--recipe 'repa.stage1_lr': expected BACKBONE.FIELD=VALUE, e.g. repa.stage1_lr=1e-3"),
+    ("stage1_lr=1e-3", "--recipe 'stage1_lr=1e-3': expected BACKBONE.FIELD=VALUE"),
+    ("dit.lr=1e-3", "--recipe 'dit.lr=1e-3': unknown backbone 'dit' in suite bad; known: all, repa"),
+    ("repa.learning_rate=1e-3", "unknown recipe field(s) ['learning_rate']; known: ["),
+    ("all.lr=-1", "recipe values out of range: repa.lr=-1 (must be > 0)"),
+])  # fmt: skip
+def test_recipe_overrides_on_the_command_line(world, monkeypatch, recipe, match):
+    assert match in _bench(monkeypatch, world, options={"recipe": recipe})
+
+
+def test_unknown_stop_after(world, monkeypatch):
+    assert "unknown --stop-after 'generator'; known: tokenizer" in _bench(monkeypatch, world, options={"stop_after": "generator"})  # fmt: skip
+
+
 def test_unknown_preset(world, monkeypatch):
     assert "unknown REPA preset 'XXL/1'; known:" in _bench(monkeypatch, world, presets={"repa": "XXL/1"})
 
