@@ -372,7 +372,7 @@ def run(a: BenchArgs) -> int:
     failed, diverged = [], []
     t0 = time.perf_counter()
     for name in names:
-        if any(r["backbone"] == name and r["phase"] == _done_phase(a) for r in store.metrics()):
+        if name not in pending:  # finished before this invocation (this process writes the store from here on)
             log.info(f"[{name}] already complete in {store.dir}; skipping")
             continue
         try:

@@ -336,6 +336,7 @@ class BackboneRun:
                                    with_images=with_images, device=self.device)  # fmt: skip
         self.cache_ds = LatentDataset(cache, posterior=r.posterior, hflip=r.hflip, seed=self.seed, with_images=with_images)  # fmt: skip
         self.n_train = cache.n
+
         def per_channel():
             mean, std = cache.stats("mean" if r.posterior == "mean" else "sample")
             tok.latent_mean, tok.latent_std = mean.to(self.device), std.clamp_min(1e-6).to(self.device)
@@ -544,7 +545,8 @@ class BackboneRun:
         t0 = time.perf_counter()
         self.train_tokenizer()
         tokenizer_floor(self)  # rFID/PSNR floor rows (bench/floors.py)
-        if self.opts.stop_after == "tokenizer":  # no 'run' row: the run without the option continues from here
+        # no 'run' row: the same run without the option continues from here
+        if self.opts.stop_after == "tokenizer":
             return
         self.train_generator()
         if D.is_main():

@@ -231,11 +231,8 @@ def leaderboard(d: pd.DataFrame, thr: pd.DataFrame) -> Table:
                 b.put(col(q, ext, n, "best "), "")
             floor = tok[(tok["k_bb"] == bb) & (tok["quantity"] == "rfid") & (tok["k_ext"] == ext)]
             if not tok[tok["quantity"] == "rfid"].empty:
-                fl = [last(g)["value"] for _, g in floor.groupby("k_run")] if not floor.empty else []
-                ftext, fsort = interval(fl)
-                b.put(col("rfid", ext, "", "tokenizer floor "), ftext, fsort, "rfid")
-                ratio = sort / fsort if fl and fsort and not isnull(sort) else np.nan
-                b.put(f"FID ÷ floor ({ext})", num(ratio), ratio, "fid_over_rfid")
+                rfids = [last(g)["value"] for _, g in floor.groupby("k_run")] if not floor.empty else []
+                _put_floor(b, ext, sort, rfids)
         for q, ext, n in sample_cols:
             if q == "fid":
                 continue
@@ -439,6 +436,14 @@ def budget_table(runs: Sequence[RunInfo]) -> Table:
     return b.table()
 
 
+def _put_floor(b: _Builder, ext: str, fid: float, rfids: list[float]) -> None:
+    """The tokenizer-floor columns (rFID over the runs given, and FID ÷ its mean), leaderboard and per-seed alike."""
+    ftext, fsort = interval(rfids)
+    b.put(col("rfid", ext, "", "tokenizer floor "), ftext, fsort, "rfid")
+    ratio = fid / fsort if rfids and fsort and not isnull(fid) else np.nan
+    b.put(f"FID ÷ floor ({ext})", num(ratio), ratio, "fid_over_rfid")
+
+
 def per_seed_table(d: pd.DataFrame) -> Table:
     """One row per (backbone, run): the last evaluated epoch's FID with its bootstrap interval within that seed
     (fid_ci_low / fid_ci_high rows), for each extractor and sample count."""
@@ -466,8 +471,5 @@ def per_seed_table(d: pd.DataFrame) -> Table:
             # each seed trains its own tokenizer: its floor beside its FID (the claims' per-run floor check)
             fl = tok[(tok["k_bb"] == bb) & (tok["k_run"] == run) & (tok["k_ext"] == ext)]
             if not fl.empty:
-                rfid = last(fl)["value"]
-                b.put(col("rfid", ext, "", "tokenizer floor "), num(rfid), rfid, "rfid")
-                ratio = r["value"] / rfid if rfid > 0 else np.nan
-                b.put(f"FID ÷ floor ({ext})", num(ratio), ratio, "fid_over_rfid")
+                _put_floor(b, ext, r["value"], [last(fl)["value"]])
     return b.table()
